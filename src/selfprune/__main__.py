@@ -1,0 +1,5 @@
+import sys
+
+from selfprune.cli import main
+
+sys.exit(main())

