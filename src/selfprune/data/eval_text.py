@@ -1,0 +1,74 @@
+"""Evaluation text for perplexity: WikiText-2 (test split) or any local text file.
+
+The text is returned together with a description of where it came from and how it was joined,
+because the same corpus joined differently gives a different perplexity. Evaluation text must
+stay disjoint from calibration text; the pruner calibrates on LAMBADA passages, so all of the
+WikiText-2 test split is fair to evaluate on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from selfprune.errors import SelfpruneError
+
+WIKITEXT2 = "wikitext2"
+WIKITEXT2_HUB = ("wikitext", "wikitext-2-raw-v1", "test")
+HUB_JOIN = '"\\n\\n".join(rows)'
+FILE_JOIN = "file contents, unmodified"
+
+
+@dataclass(frozen=True)
+class EvalText:
+    """A text to score, with its provenance (recorded in every perplexity result)."""
+
+    text: str
+    source: str  # "wikitext2 (hub: ...)" or a file path
+    join: str  # how rows or files became one string
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    def describe(self) -> dict:
+        return {"source": self.source, "join": self.join, "chars": len(self.text), "sha256": self.sha256}
+
+
+def load_eval_text(source: str | Path) -> EvalText:
+    """``"wikitext2"`` (WikiText-2 raw test split from the hub) or the path of a local text file."""
+    if str(source) == WIKITEXT2:
+        return _load_wikitext2_hub()
+    return _load_file(Path(source).expanduser())
+
+
+def _load_file(path: Path) -> EvalText:
+    if not path.exists():
+        raise SelfpruneError(f"text file '{path}' not found; pass an existing text file or 'wikitext2'")
+    if path.is_dir():
+        raise SelfpruneError(f"'{path}' is a directory; pass a text file (e.g. wiki.test.raw) or 'wikitext2'")
+    try:
+        # newline="" keeps the bytes as they are (no CRLF translation), so the text hash is the file's.
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise SelfpruneError(f"'{path}' is not UTF-8 text; pass a plain text file") from None
+    if not text.strip():
+        raise SelfpruneError(f"text file '{path}' is empty; pass a file with text to score")
+    return EvalText(text=text, source=str(path.resolve()), join=FILE_JOIN)
+
+
+def _load_wikitext2_hub() -> EvalText:
+    name, config, split = WIKITEXT2_HUB
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(name, config, split=split)["text"]
+    except Exception as exc:  # offline, no cache, hub error: all end the same way for the user
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SelfpruneError(
+            f"could not load WikiText-2 ({name}/{config}, {split}) through `datasets`: {reason}; "
+            "when offline, pass the path of a local copy instead (e.g. --ppl path/to/wiki.test.raw)"
+        ) from None
+    return EvalText(text="\n\n".join(rows), source=f"wikitext2 (hub: {name}/{config}, split {split})", join=HUB_JOIN)

@@ -1,0 +1,191 @@
+"""Physical removal of heads and channels: slice the weights into smaller ``nn.Linear`` modules.
+
+``apply_plan`` prunes a model in place. ``pruned_view`` builds the same pruned blocks from the
+dense weights, swaps them in for the duration of a ``with`` block and puts the dense blocks back:
+the search scores a candidate this way, at the cost of slicing the weights (a memory copy) and
+one forward pass of the smaller model; no model copy and no new calibration pass.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from selfprune import __version__
+from selfprune.errors import SelfpruneError
+from selfprune.models.adapter import ModelAdapter
+from selfprune.prune.importance import ImportanceScores
+from selfprune.prune.plan import LayerPlan, PruningPlan
+from selfprune.prune.remote_code.modeling_selfprune import SkippedAttention, SkippedMLP
+
+
+def _rows(head_ids: list[int], head_dim: int, device) -> torch.Tensor:
+    """The weight rows (or columns) of the given heads, head by head."""
+    heads = torch.tensor(head_ids, dtype=torch.long).reshape(-1, 1)
+    return (heads * head_dim + torch.arange(head_dim)).flatten().to(device)
+
+
+def _sliced_linear(old: nn.Linear, rows=None, cols=None, extra_bias=None) -> nn.Linear:
+    w = old.weight
+    if rows is not None:
+        w = w.index_select(0, rows)
+    if cols is not None:
+        w = w.index_select(1, cols)
+    bias = old.bias
+    if bias is not None and rows is not None:
+        bias = bias.index_select(0, rows)
+    if extra_bias is not None:
+        bias = extra_bias if bias is None else bias + extra_bias
+    new = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if bias is not None:
+            new.bias.copy_(bias)
+    new.requires_grad_(old.weight.requires_grad)
+    return new
+
+
+def _shallow_copy(module: nn.Module) -> nn.Module:
+    """A new module object sharing the old one's children, so replacing a child leaves the old intact."""
+    new = copy.copy(module)
+    new._modules = dict(module._modules)
+    new._parameters = dict(module._parameters)
+    new._buffers = dict(module._buffers)
+    return new
+
+
+def _removed(dense: int, kept: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones(dense, dtype=torch.bool, device=kept.device)
+    mask[kept] = False
+    return mask
+
+
+def _compensation(weight: torch.Tensor, mean: torch.Tensor, removed_mask: torch.Tensor) -> torch.Tensor:
+    """FLAP's bias compensation: the expected contribution of the removed input channels."""
+    return weight[:, removed_mask] @ mean.to(weight)[removed_mask]
+
+
+def pruned_attention(adapter: ModelAdapter, idx: int, attn: nn.Module, lp: LayerPlan, mean=None) -> nn.Module:
+    hd = adapter.head_dim
+    device = attn.o_proj.weight.device
+    extra = None
+    if mean is not None:
+        removed = _removed(attn.o_proj.in_features, _rows(lp.heads, hd, device))
+        extra = _compensation(attn.o_proj.weight, mean, removed)
+    if lp.num_heads == 0:
+        bias = attn.o_proj.bias
+        if extra is not None:
+            bias = extra if bias is None else bias + extra
+        skipped = SkippedAttention(adapter.hidden_size, hd, idx, bias=bias is not None).to(attn.o_proj.weight)
+        if bias is not None:
+            with torch.no_grad():
+                skipped.bias.copy_(bias)
+        return skipped
+    q_rows = _rows(lp.heads, hd, device)
+    kv_rows = _rows(lp.kv_heads, hd, device)
+    new = _shallow_copy(attn)
+    new.q_proj = _sliced_linear(attn.q_proj, rows=q_rows)
+    new.k_proj = _sliced_linear(attn.k_proj, rows=kv_rows)
+    new.v_proj = _sliced_linear(attn.v_proj, rows=kv_rows)
+    new.o_proj = _sliced_linear(attn.o_proj, cols=q_rows, extra_bias=extra)
+    new.num_key_value_groups = lp.num_heads // lp.num_kv_heads
+    return new
+
+
+def pruned_mlp(adapter: ModelAdapter, mlp: nn.Module, lp: LayerPlan, mean=None) -> nn.Module:
+    device = mlp.down_proj.weight.device
+    extra = None
+    cols = torch.tensor(lp.channels, dtype=torch.long, device=device)
+    if mean is not None:
+        extra = _compensation(mlp.down_proj.weight, mean, _removed(mlp.down_proj.in_features, cols))
+    if lp.intermediate_size == 0:
+        bias = mlp.down_proj.bias
+        if extra is not None:
+            bias = extra if bias is None else bias + extra
+        skipped = SkippedMLP(adapter.hidden_size, bias=bias is not None).to(mlp.down_proj.weight)
+        if bias is not None:
+            with torch.no_grad():
+                skipped.bias.copy_(bias)
+        return skipped
+    new = _shallow_copy(mlp)
+    new.gate_proj = _sliced_linear(mlp.gate_proj, rows=cols)
+    new.up_proj = _sliced_linear(mlp.up_proj, rows=cols)
+    new.down_proj = _sliced_linear(mlp.down_proj, cols=cols, extra_bias=extra)
+    if hasattr(new, "intermediate_size"):
+        new.intermediate_size = lp.intermediate_size
+    return new
+
+
+def _check_dense(adapter: ModelAdapter) -> None:
+    if getattr(adapter.config, "selfprune", None):
+        raise SelfpruneError("this model is already pruned; prune the dense model it came from instead")
+
+
+def _swap_in(adapter: ModelAdapter, plan: PruningPlan, scores: ImportanceScores | None, bias_compensation: bool):
+    if len(plan.layers) != adapter.num_layers:
+        raise SelfpruneError(f"the plan has {len(plan.layers)} layers, the model {adapter.num_layers}")
+    if bias_compensation and scores is None:
+        raise SelfpruneError("bias compensation needs the importance scores (their activation means)")
+    originals = []
+    for i, lp in enumerate(plan.layers):
+        attn, mlp = adapter.attention(i), adapter.mlp(i)
+        originals.append((attn, mlp))
+        attn_mean = scores.attn_input_mean[i] if bias_compensation else None
+        mlp_mean = scores.mlp_input_mean[i] if bias_compensation else None
+        adapter.set_attention(i, pruned_attention(adapter, i, attn, lp, attn_mean))
+        adapter.set_mlp(i, pruned_mlp(adapter, mlp, lp, mlp_mean))
+    return originals
+
+
+def _restore(adapter: ModelAdapter, originals) -> None:
+    for i, (attn, mlp) in enumerate(originals):
+        adapter.set_attention(i, attn)
+        adapter.set_mlp(i, mlp)
+
+
+@contextmanager
+def pruned_view(adapter: ModelAdapter, plan: PruningPlan, scores: ImportanceScores | None = None,
+                bias_compensation: bool = False):
+    """Temporarily run ``adapter.model`` as if pruned by ``plan``; the dense model is restored after."""
+    _check_dense(adapter)
+    originals = _swap_in(adapter, plan, scores, bias_compensation)
+    try:
+        yield adapter.model
+    finally:
+        _restore(adapter, originals)
+
+
+def layer_specs(adapter: ModelAdapter) -> list[dict]:
+    """Each layer's sizes and output biases, as recorded in a pruned checkpoint's config."""
+    specs = []
+    for i in range(adapter.num_layers):
+        shape = adapter.layer_shape(i)
+        attn, mlp = adapter.attention(i), adapter.mlp(i)
+        o_bias = attn.bias if isinstance(attn, SkippedAttention) else attn.o_proj.bias
+        down_bias = mlp.bias if isinstance(mlp, SkippedMLP) else mlp.down_proj.bias
+        shape["o_bias"] = o_bias is not None
+        shape["down_bias"] = down_bias is not None
+        specs.append(shape)
+    return specs
+
+
+def apply_plan(adapter: ModelAdapter, plan: PruningPlan, scores: ImportanceScores | None = None,
+               bias_compensation: bool = False) -> nn.Module:
+    """Prune ``adapter.model`` in place and record the per-layer sizes in its config."""
+    _check_dense(adapter)
+    _swap_in(adapter, plan, scores, bias_compensation)
+    config = adapter.config
+    config.selfprune = {
+        "version": __version__,
+        "base_model_type": config.model_type,
+        "layers": layer_specs(adapter),
+        "attn_granularity": plan.attn_granularity,
+        "mlp_multiple": plan.mlp_multiple,
+        "metric": scores.metric if scores is not None else None,
+        "bias_compensation": bias_compensation,
+    }
+    config.auto_map = {"AutoModelForCausalLM": f"modeling_selfprune.SelfPruned{adapter.spec.causal_lm_class}"}
+    return adapter.model

@@ -1,0 +1,53 @@
+"""Pruned checkpoints: a standard safetensors directory plus the modeling file that rebuilds it.
+
+The config keeps the base ``model_type`` and adds ``selfprune`` (each layer's head count, KV-head
+count, MLP width, output biases) and an ``auto_map`` entry, so both ``selfprune`` and stock
+``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`` load it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from selfprune.errors import SelfpruneError
+from selfprune.prune.remote_code import modeling_selfprune
+
+REMOTE_CODE_FILE = "modeling_selfprune.py"
+
+
+def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
+    """Check that ``out_dir`` can take a checkpoint before any slow work starts."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise SelfpruneError(f"output path '{out}' exists and is a file; pass a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "config.json").exists():
+            raise SelfpruneError(f"output directory '{out}' is not empty and holds no model; pass a new or empty directory")
+    return out
+
+
+def save_pruned(model, tokenizer, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write the pruned ``model`` (and tokenizer) to ``out_dir`` atomically: all or nothing."""
+    if not getattr(model.config, "selfprune", None):
+        raise SelfpruneError("this model carries no pruning record; prune it with selfprune before saving")
+    out = prepare_out_dir(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        shutil.copy(modeling_selfprune.__file__, tmp / REMOTE_CODE_FILE)
+        if extra:
+            (tmp / "selfprune_summary.json").write_text(json.dumps(extra, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

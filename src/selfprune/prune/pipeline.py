@@ -1,0 +1,151 @@
+"""Score, plan and remove: the pruning job from a dense model and per-layer rates."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from selfprune.data.calibration import calibration_text, token_blocks
+from selfprune.errors import SelfpruneError
+from selfprune.models.adapter import get_adapter
+from selfprune.prune.apply import apply_plan
+from selfprune.prune.checkpoint import save_pruned
+from selfprune.prune.importance import METRICS, ImportanceScores, compute_importance
+from selfprune.prune.plan import PruningPlan, make_plan, prunable_params
+
+
+def check_ratio(ratio: float) -> float:
+    if ratio is None or math.isnan(float(ratio)) or not 0.0 <= float(ratio) < 1.0:
+        raise SelfpruneError(f"ratio {ratio} is outside [0, 1): it is the fraction of attention/MLP parameters to remove")
+    return float(ratio)
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise SelfpruneError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")
+    return metric
+
+
+def read_rates(path: str | Path) -> tuple[list[float], list[float]]:
+    """Per-layer rates from JSON: a list of numbers, a list of {attn, mlp} objects, or {"rates": ...}."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelfpruneError(f"rates file '{path}' not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SelfpruneError(f"rates file '{path}' is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return parse_rates(data, source=str(path))
+
+
+def parse_rates(data, source: str = "rates") -> tuple[list[float], list[float]]:
+    if isinstance(data, dict):
+        if "attn" in data and "mlp" in data:
+            return _numbers(data["attn"], source), _numbers(data["mlp"], source)
+        data = data.get("rates")
+    if not isinstance(data, list) or not data:
+        raise SelfpruneError(
+            f"{source}: expected a JSON list of per-layer rates, or of {{\"attn\": a, \"mlp\": m}} objects"
+        )
+    if all(isinstance(x, dict) for x in data):
+        try:
+            return _numbers([x["attn"] for x in data], source), _numbers([x["mlp"] for x in data], source)
+        except KeyError as exc:
+            raise SelfpruneError(f"{source}: every per-layer object needs 'attn' and 'mlp' (missing {exc})") from None
+    rates = _numbers(data, source)
+    return rates, list(rates)
+
+
+def _numbers(values, source: str) -> list[float]:
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise SelfpruneError(f"{source}: rates must be numbers")
+    return [float(v) for v in values]
+
+
+@dataclass
+class PruneResult:
+    model: torch.nn.Module
+    tokenizer: object
+    plan: PruningPlan
+    scores: ImportanceScores | None
+    summary: dict = field(default_factory=dict)
+
+    def save(self, out_dir) -> Path:
+        return save_pruned(self.model, self.tokenizer, out_dir, extra=self.summary)
+
+
+def calibration_blocks(tokenizer, calib: str = "lambada", samples: int = 32, seqlen: int = 256, seed: int = 0):
+    """Calibration token blocks, from the first half of the source (the second half feeds fitness)."""
+    return token_blocks(tokenizer, calibration_text(calib), samples, seqlen, seed=seed, split="first")
+
+
+def summarize(plan: PruningPlan, dense_total: int, dense_prunable: int, pruned_prunable: int) -> dict:
+    pruned_total = dense_total - dense_prunable + pruned_prunable
+    n = len(plan.layers)
+    return {
+        "params_before": dense_total,
+        "params_after": pruned_total,
+        "params_removed": dense_total - pruned_total,
+        "prunable_before": dense_prunable,
+        "prunable_after": pruned_prunable,
+        "requested_ratio": (sum(plan.attn_rates) + sum(plan.mlp_rates)) / (2 * n),
+        "achieved_ratio_prunable": 1 - pruned_prunable / dense_prunable,
+        "achieved_ratio_total": 1 - pruned_total / dense_total,
+        "layers": [
+            {"heads": lp.num_heads, "kv_heads": lp.num_kv_heads, "mlp": lp.intermediate_size,
+             "attn_rate": a, "mlp_rate": m}
+            for lp, a, m in zip(plan.layers, plan.attn_rates, plan.mlp_rates)
+        ],
+    }
+
+
+def prune_model(
+    model,
+    tokenizer,
+    ratio: float | None = None,
+    attn_rates=None,
+    mlp_rates=None,
+    metric: str = "wanda-sp",
+    calib: str = "lambada",
+    calib_samples: int = 32,
+    calib_seqlen: int = 256,
+    seed: int = 0,
+    attn_granularity: str = "head",
+    mlp_multiple: int = 1,
+    bias_compensation: bool | None = None,
+    scores: ImportanceScores | None = None,
+    progress: bool = True,
+) -> PruneResult:
+    """Prune ``model`` in place at a uniform ``ratio`` or at per-layer rates; return the result."""
+    adapter = get_adapter(model)
+    check_metric(metric)
+    if attn_rates is None:
+        ratio = check_ratio(ratio)
+        attn_rates = mlp_rates = [ratio] * adapter.num_layers
+    elif mlp_rates is None:
+        mlp_rates = attn_rates
+    if bias_compensation is None:
+        bias_compensation = metric == "flap"
+    torch.manual_seed(seed)
+    if scores is None:
+        blocks = None
+        if metric != "magnitude" or bias_compensation:
+            blocks = calibration_blocks(tokenizer, calib, calib_samples, calib_seqlen, seed)
+        else:
+            blocks = torch.zeros(1, 2, dtype=torch.long)  # magnitude needs no activations; a token pair suffices
+        scores = compute_importance(adapter, blocks, metric, progress=progress)
+    plan = make_plan(adapter, scores.head_scores, scores.channel_scores, attn_rates, mlp_rates,
+                     attn_granularity=attn_granularity, mlp_multiple=mlp_multiple)
+    dense_total = sum(p.numel() for p in model.parameters())
+    dense_prunable = prunable_params(adapter)
+    pruned_prunable = prunable_params(adapter, plan, bias_compensation)
+    apply_plan(adapter, plan, scores, bias_compensation)
+    summary = summarize(plan, dense_total, dense_prunable, pruned_prunable)
+    summary.update({"metric": metric, "calib": calib, "calib_samples": calib_samples,
+                    "calib_seqlen": calib_seqlen, "seed": seed, "bias_compensation": bias_compensation,
+                    "attn_granularity": attn_granularity, "mlp_multiple": mlp_multiple})
+    return PruneResult(model, tokenizer, plan, scores, summary)

@@ -1,0 +1,197 @@
+"""From per-layer rates to the heads and channels each layer keeps.
+
+A rate is the fraction of a sub-block's parameters to remove (1.0 removes the sub-block).
+
+MLP: the kept width is (1 - rate) * intermediate_size rounded to ``mlp_multiple`` channels; the
+highest-scoring channels stay.
+
+Attention (GQA-aware): a valid layout keeps ``k`` of the KV groups and the same number ``m`` of
+query heads in each kept group, so every query head still has its key/value head and the layer
+stays a standard grouped-query attention with ``k`` KV heads and ``m`` heads per group. With
+``attn_granularity="head"`` (default) every (k, m) is allowed, which gives nearly per-head
+resolution (SmolLM2, 9 heads in 3 groups: 8 distinct sizes); ``"group"`` keeps whole groups only
+(m = all heads of a group). The layout whose parameter count is closest to the requested one is
+chosen, ties broken by the importance it retains; within it the best groups and heads stay.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from selfprune.errors import SelfpruneError
+from selfprune.models.adapter import ModelAdapter
+
+GRANULARITIES = ("head", "group")
+
+
+@dataclass
+class LayerPlan:
+    heads: list[int]  # kept query heads (dense indices), grouped by kept KV group, in order
+    kv_heads: list[int]  # kept KV heads (dense indices), ascending
+    channels: list[int]  # kept MLP channels (dense indices), ascending
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.heads)
+
+    @property
+    def num_kv_heads(self) -> int:
+        return len(self.kv_heads)
+
+    @property
+    def intermediate_size(self) -> int:
+        return len(self.channels)
+
+
+@dataclass
+class PruningPlan:
+    layers: list[LayerPlan]
+    attn_rates: list[float]  # requested
+    mlp_rates: list[float]  # requested
+    attn_granularity: str = "head"
+    mlp_multiple: int = 1
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BlockGeometry:
+    """Parameter counts of one layer's prunable blocks, as a function of what is kept."""
+
+    hidden: int
+    head_dim: int
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    attn_extra: int = 0  # other parameters of the attention block (q/k norms): gone with its last head
+
+    def attn_params(self, kv_heads: int, heads: int) -> int:
+        hd, h = self.head_dim, self.hidden
+        n = (heads + 2 * kv_heads) * hd * h + heads * hd * h
+        if self.qkv_bias:
+            n += (heads + 2 * kv_heads) * hd
+        if self.o_bias:  # kept as a constant even when every head is gone
+            n += h
+        if heads:
+            n += self.attn_extra
+        return n
+
+    def mlp_params(self, width: int) -> int:
+        n = 3 * self.hidden * width
+        if self.mlp_bias:
+            n += 2 * width + self.hidden
+        return n
+
+
+def geometry(adapter: ModelAdapter, idx: int = 0) -> BlockGeometry:
+    """Parameter counts of a layer of the dense model (call before pruning it)."""
+    attn, mlp = adapter.attention(idx), adapter.mlp(idx)
+    projections = {id(p) for name in ("q_proj", "k_proj", "v_proj", "o_proj") for p in getattr(attn, name).parameters()}
+    return BlockGeometry(
+        attn_extra=sum(p.numel() for p in attn.parameters() if id(p) not in projections),
+        hidden=adapter.hidden_size,
+        head_dim=adapter.head_dim,
+        qkv_bias=attn.q_proj.bias is not None,
+        o_bias=attn.o_proj.bias is not None,
+        mlp_bias=mlp.down_proj.bias is not None,
+    )
+
+
+def attention_layouts(adapter: ModelAdapter, granularity: str = "head") -> list[tuple[int, int]]:
+    """All valid (kept KV groups, heads per group) layouts, (0, 0) meaning attention removed."""
+    if granularity not in GRANULARITIES:
+        raise SelfpruneError(f"unknown attention granularity '{granularity}'; choose one of {', '.join(GRANULARITIES)}")
+    per_group = range(1, adapter.heads_per_group + 1) if granularity == "head" else [adapter.heads_per_group]
+    return [(0, 0)] + [(k, m) for k in range(1, adapter.num_kv_heads + 1) for m in per_group]
+
+
+def attention_levels(adapter: ModelAdapter, granularity: str = "head") -> list[float]:
+    """The attention rates the pruner can realise exactly, ascending (0.0 ... 1.0)."""
+    geo = geometry(adapter)
+    dense = geo.attn_params(adapter.num_kv_heads, adapter.num_heads)
+    levels = {round(1 - geo.attn_params(k, k * m) / dense, 6) for k, m in attention_layouts(adapter, granularity)}
+    return sorted(levels)
+
+
+def _plan_attention(scores: torch.Tensor, adapter: ModelAdapter, rate: float, granularity: str):
+    geo = geometry(adapter)
+    kv, g = adapter.num_kv_heads, adapter.heads_per_group
+    target = (1 - rate) * geo.attn_params(kv, kv * g)
+    by_group = scores.reshape(kv, g)
+    order_in_group = by_group.argsort(dim=1, descending=True)
+    prefix = torch.cumsum(by_group.gather(1, order_in_group), dim=1)  # value of keeping top-m per group
+
+    best = None
+    for k, m in attention_layouts(adapter, granularity):
+        error = abs(geo.attn_params(k, k * m) - target)
+        if k == 0:
+            retained, groups = 0.0, []
+        else:
+            group_values = prefix[:, m - 1]
+            groups = group_values.argsort(descending=True)[:k].sort().values.tolist()
+            retained = float(group_values[groups].sum())
+        key = (round(error, 3), -retained)
+        if best is None or key < best[0]:
+            best = (key, k, m, groups)
+    _, k, m, groups = best
+    heads = [grp * g + int(j) for grp in groups for j in order_in_group[grp, :m].sort().values.tolist()]
+    return heads, groups
+
+
+def _plan_mlp(scores: torch.Tensor, rate: float, multiple: int) -> list[int]:
+    width = scores.numel()
+    keep = int(round((1 - rate) * width / multiple)) * multiple
+    keep = max(0, min(width, keep))
+    return scores.argsort(descending=True)[:keep].sort().values.tolist()
+
+
+def validate_rates(rates, num_layers: int, what: str) -> list[float]:
+    values = [float(r) for r in rates]
+    if len(values) != num_layers:
+        raise SelfpruneError(f"{what}: got {len(values)} rates for a model with {num_layers} layers")
+    for i, r in enumerate(values):
+        if not (0.0 <= r <= 1.0) or math.isnan(r):
+            raise SelfpruneError(f"{what}: rate {r} for layer {i} is outside [0, 1]")
+    return values
+
+
+def make_plan(
+    adapter: ModelAdapter,
+    head_scores: list[torch.Tensor],
+    channel_scores: list[torch.Tensor],
+    attn_rates,
+    mlp_rates,
+    attn_granularity: str = "head",
+    mlp_multiple: int = 1,
+) -> PruningPlan:
+    """Decide, layer by layer, which heads and channels stay."""
+    n = adapter.num_layers
+    attn_rates = validate_rates(attn_rates, n, "attention rates")
+    mlp_rates = validate_rates(mlp_rates, n, "MLP rates")
+    if mlp_multiple < 1:
+        raise SelfpruneError(f"mlp_multiple must be a positive integer, got {mlp_multiple}")
+    layers = []
+    for i in range(n):
+        heads, kv_heads = _plan_attention(head_scores[i], adapter, attn_rates[i], attn_granularity)
+        channels = _plan_mlp(channel_scores[i], mlp_rates[i], mlp_multiple)
+        layers.append(LayerPlan(heads=heads, kv_heads=kv_heads, channels=channels))
+    return PruningPlan(layers, attn_rates, mlp_rates, attn_granularity, mlp_multiple)
+
+
+def prunable_params(adapter: ModelAdapter, plan: PruningPlan | None = None, bias_compensation: bool = False) -> int:
+    """Parameters of all attention and MLP blocks of a dense model, or of ``plan`` applied to it."""
+    geo = geometry(adapter)
+    total = 0
+    for i in range(adapter.num_layers):
+        if plan is None:
+            total += geo.attn_params(adapter.num_kv_heads, adapter.num_heads)
+            total += geo.mlp_params(adapter.intermediate_size)
+            continue
+        lp = plan.layers[i]
+        total += geo.attn_params(lp.num_kv_heads, lp.num_heads)
+        total += geo.mlp_params(lp.intermediate_size)
+        if bias_compensation:  # an added output bias, where the block had none
+            total += (not geo.o_bias) * geo.hidden + (not geo.mlp_bias) * geo.hidden
+    return total

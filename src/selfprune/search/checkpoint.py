@@ -1,0 +1,66 @@
+"""Crash-safe files for a search: atomic JSON writes and an append-only transcript that a resume
+truncates back to the last checkpoint, so a run killed at any moment loses at most the
+generation in flight."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, allow_nan=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+class Transcript:
+    """JSON lines of every operator call (prompts, replies, what was made of them)."""
+
+    def __init__(self, path: Path | None):
+        self.path = Path(path) if path else None
+        self.lines = 0
+        self.records: list[dict[str, Any]] = []  # kept in memory when there is no file
+        if self.path and self.path.exists():
+            self.lines = sum(1 for _ in self.path.open())
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.lines += 1
+        if self.path is None:
+            self.records.append(record)
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+
+    def truncate(self, lines: int) -> None:
+        """Drop what was written after the checkpoint that recorded ``lines``."""
+        if self.path is None or not self.path.exists():
+            self.lines = 0
+            return
+        kept = self.path.read_text().splitlines(keepends=True)[:lines]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.path)
+        self.lines = len(kept)

@@ -1,0 +1,342 @@
+"""The evolutionary loop: initial population -> evaluate -> (select parents, crossover, mutation)
+-> repair, de-duplicate, evaluate (optionally in stages) -> survivors, for N generations.
+
+Survivor selection is (mu + lambda): parents and offspring compete, so the best genome is never
+lost (elitism). After every generation the whole state is written atomically to
+``OUT/checkpoint.json``; ``run(resume=True)`` continues from it and, with the same seed and a
+deterministic operator, reaches the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selfprune.errors import SelfpruneError
+from selfprune.search.budget import Budget
+from selfprune.search.checkpoint import Transcript, atomic_write_json
+from selfprune.search.evaluator import Evaluator
+from selfprune.search.genome import Genome, GenomeSpace, RepairStats
+from selfprune.search.operators.base import Context, Individual, MoveRecord, Operator, Proposal
+from selfprune.search.operators.classic import level_moves
+
+CHECKPOINT = "checkpoint.json"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    population: int = 30
+    generations: int = 20
+    crossover: int = 10  # offspring by crossover per generation
+    mutation: int = 10  # offspring by mutation per generation
+    max_evals: int | None = None  # stop when this many fitness evaluations (all stages) are spent
+    max_tokens: int | None = None  # ... or this many fitness tokens
+    seed: int = 0
+    stage_keep: tuple[float, ...] | None = None  # fraction of offspring promoted at each stage
+    duplicate_retries: int = 3  # how often a duplicate is nudged before it is dropped
+
+    def validate(self) -> None:
+        if self.population < 1:
+            raise SelfpruneError("--population must be at least 1")
+        if self.generations < 0 or self.crossover < 0 or self.mutation < 0:
+            raise SelfpruneError("--generations and offspring counts must not be negative")
+        if self.max_evals is not None and self.max_evals < 1:
+            raise SelfpruneError("the evaluation budget must be at least 1")
+        if self.stage_keep is not None and not all(0 < k <= 1 for k in self.stage_keep):
+            raise SelfpruneError("stage keep fractions must lie in (0, 1]")
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stage_keep"] = list(self.stage_keep) if self.stage_keep else None
+        return d
+
+
+@dataclass
+class SearchResult:
+    best: Individual
+    population: list[Individual]
+    history: list[dict[str, Any]]
+    report: dict[str, Any]
+
+
+@dataclass
+class _State:
+    generation: int = 0  # generations completed
+    population: list[Individual] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    origins: dict[str, dict[str, int]] = field(default_factory=dict)
+    moves: list[MoveRecord] = field(default_factory=list)
+    next_id: int = 0
+    stalled: int = 0
+    wall: float = 0.0  # seconds spent in earlier sessions of this search
+
+
+class Search:
+    """One search: a genome space, a fitness, an operator and a budget; optionally a folder."""
+
+    def __init__(
+        self,
+        space: GenomeSpace,
+        fitness: Any,
+        operator: Operator,
+        config: SearchConfig,
+        profiles: dict[str, np.ndarray] | None = None,
+        out_dir: str | Path | None = None,
+        progress: bool = False,
+        meta: dict[str, Any] | None = None,
+    ):
+        config.validate()
+        self.space = space
+        self.operator = operator
+        self.config = config
+        self.profiles = {k: np.asarray(v, dtype=float) for k, v in (profiles or {}).items()}
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.progress = progress
+        self.meta = meta or {}
+        self.budget = Budget()
+        self.evaluator = Evaluator(fitness, self.budget, config.max_evals, config.max_tokens)
+        self.repairs = RepairStats()
+        self.rng = np.random.default_rng(config.seed)
+        self.state = _State()
+        if self.out_dir:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.transcript = Transcript(self.out_dir / "transcript.jsonl" if self.out_dir else None)
+        self._t0 = time.perf_counter()
+
+    # ---- public -----------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> SearchResult:
+        self._t0 = time.perf_counter()
+        ckpt = self.out_dir / CHECKPOINT if self.out_dir else None
+        if resume and ckpt and ckpt.exists():
+            self._load(json.loads(ckpt.read_text()))
+        else:
+            if resume and self.out_dir:
+                print(f"no checkpoint in {self.out_dir}; starting a new search", flush=True)
+            if self.out_dir:
+                self.transcript.truncate(0)
+            self._initialise()
+            self._checkpoint()
+        bar = self._bar()
+        while self.state.generation < self.config.generations and not self.evaluator.exhausted():
+            if self.config.crossover + self.config.mutation == 0:
+                break
+            self._generation()
+            self._checkpoint()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(best=f"{self.state.population[0].fitness:.4g}", evals=self.budget.total_evals)
+        if bar is not None:
+            bar.close()
+        return self._finish()
+
+    # ---- generations ------------------------------------------------------------------------
+    def _context(self) -> Context:
+        return Context(
+            space=self.space, population=self.state.population, rng=self.rng, profiles=self.profiles,
+            generation=self.state.generation, stalled=self.state.stalled, moves=self.state.moves,
+            log=self._log,
+        )
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.transcript.log({"generation": self.state.generation, **record})
+
+    def _initialise(self) -> None:
+        with self.budget.timed("operators"):
+            proposals = self.operator.initial(self._context(), self.config.population)
+        genomes, props = self._admit(proposals, set())
+        scored = self.evaluator.staged(genomes, None)
+        if not scored:
+            raise SelfpruneError("the evaluation budget does not cover a single evaluation; raise it")
+        pop = [self._individual(genomes[i], value, props[i]) for i, value in scored]
+        for ind in pop:
+            self._origin(ind.origin)["survived"] += 1
+        self.state.population = sorted(pop, key=lambda ind: ind.fitness)[: self.config.population]
+        self._record_history(len(genomes))
+
+    def _generation(self) -> None:
+        ctx = self._context()
+        with self.budget.timed("operators"):
+            proposals = self.operator.crossover(ctx, self.config.crossover) if self.config.crossover else []
+            proposals += self.operator.mutate(ctx, self.config.mutation) if self.config.mutation else []
+        pop_keys = {ind.genome.key for ind in self.state.population}
+        genomes, props = self._admit(proposals, pop_keys)
+        scored = self.evaluator.staged(genomes, self.config.stage_keep if self.evaluator.num_stages > 1 else None)
+        by_id = {ind.id: ind for ind in self.state.population}
+        children = []
+        for i, value in scored:
+            child = self._individual(genomes[i], value, props[i])
+            children.append(child)
+            if props[i].moves and len(props[i].parents) == 1 and props[i].parents[0] in by_id:
+                self.state.moves.append(MoveRecord(props[i].moves, by_id[props[i].parents[0]].fitness, value))
+        old_best = self.state.population[0].fitness
+        merged = sorted(self.state.population + children, key=lambda ind: (ind.fitness, ind.id))
+        survivors = merged[: self.config.population]
+        child_ids = {c.id for c in children}
+        for ind in survivors:
+            if ind.id in child_ids:
+                self._origin(ind.origin)["survived"] += 1
+        if survivors[0].fitness < old_best - 1e-12:
+            self._origin(survivors[0].origin)["best"] += 1
+            self.state.stalled = 0
+        else:
+            self.state.stalled += 1
+        self.state.population = survivors
+        self.state.generation += 1
+        self._record_history(len(genomes))
+
+    def _admit(self, proposals: list[Proposal], taken: set) -> tuple[list[Genome], list[Proposal]]:
+        """Repair proposals and nudge duplicates (of the population, of anything evaluated, or of
+        each other) by one level move until they are new, or drop them."""
+        genomes, props = [], []
+        taken = set(taken)
+        for prop in proposals:
+            stats = self._origin(prop.origin)
+            stats["proposed"] += 1
+            genome, events = self.space.repair(prop.vector)
+            self.repairs.add(list(events) + list(prop.events))
+            tries = 0
+            while (genome.key in taken or self.evaluator.seen(genome)) and tries < self.config.duplicate_retries:
+                if tries == 0:
+                    self.budget.duplicates += 1
+                    stats["duplicates"] += 1
+                nudged, _ = level_moves(np.array(genome.vector), self.space, self.rng, 1)
+                genome, _ = self.space.repair(nudged)
+                tries += 1
+            if genome.key in taken or self.evaluator.seen(genome):
+                self.budget.dropped += 1
+                continue
+            taken.add(genome.key)
+            genomes.append(genome)
+            props.append(prop)
+        return genomes, props
+
+    def _individual(self, genome: Genome, value: float, prop: Proposal) -> Individual:
+        ind = Individual(genome, value, self.state.next_id, prop.origin, tuple(prop.parents))
+        self.state.next_id += 1
+        self._origin(prop.origin)["evaluated"] += 1
+        return ind
+
+    def _origin(self, origin: str) -> dict[str, int]:
+        return self.state.origins.setdefault(origin, {"proposed": 0, "duplicates": 0, "evaluated": 0, "survived": 0, "best": 0})
+
+    def _record_history(self, offspring: int) -> None:
+        pop = self.state.population
+        finite = [ind.fitness for ind in pop if math.isfinite(ind.fitness)]
+        self.state.history.append({
+            "generation": self.state.generation,
+            "best": pop[0].fitness,
+            "mean": float(np.mean(finite)) if finite else math.inf,
+            "best_origin": pop[0].origin,
+            "offspring": offspring,
+            "evals": self.budget.total_evals,
+            "tokens": self.budget.total_tokens,
+            "wall_s": round(self._wall(), 3),
+        })
+
+    def _wall(self) -> float:
+        return self.state.wall + time.perf_counter() - self._t0
+
+    # ---- checkpoint and resume ----------------------------------------------------------------
+    def _snapshot(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": self.config.to_json(),
+            "space": self.space.to_json(),
+            "operator": self.operator.name,
+            "generation": s.generation,
+            "population": [ind.to_json() for ind in s.population],
+            "history": s.history,
+            "origins": s.origins,
+            "moves": [{"moves": [m.to_json() for m in r.moves], "parent": r.parent_fitness, "child": r.child_fitness}
+                      for r in s.moves],
+            "next_id": s.next_id,
+            "stalled": s.stalled,
+            "wall": self._wall(),
+            "rng": self.rng.bit_generator.state,
+            "budget": self.budget.to_json(),
+            "repairs": self.repairs.to_json(),
+            "evaluator": self.evaluator.state_dict(),
+            "operator_state": self.operator.state_dict(),
+            "transcript_lines": self.transcript.lines,
+        }
+
+    def _checkpoint(self) -> None:
+        if not self.out_dir:
+            return
+        t0 = time.perf_counter()
+        snap = self._snapshot()
+        atomic_write_json(self.out_dir / CHECKPOINT, snap)
+        self.budget.add_seconds("checkpoint", time.perf_counter() - t0)
+
+    def _load(self, snap: dict[str, Any]) -> None:
+        from selfprune.search.operators.base import Move
+
+        mismatch = [name for name, now, then in (
+            ("config", self.config.to_json(), snap["config"]),
+            ("search space", self.space.to_json(), snap["space"]),
+            ("operator", self.operator.name, snap["operator"]),
+        ) if json.dumps(now, sort_keys=True) != json.dumps(then, sort_keys=True)]
+        if mismatch:
+            raise SelfpruneError(
+                f"the checkpoint in {self.out_dir} was made with a different {', '.join(mismatch)}; "
+                "resume with the same settings, or use a new --out folder"
+            )
+        s = self.state
+        s.generation = snap["generation"]
+        s.population = [Individual.from_json(d) for d in snap["population"]]
+        s.history = snap["history"]
+        s.origins = snap["origins"]
+        s.moves = [MoveRecord(tuple(Move(**m) for m in r["moves"]), r["parent"], r["child"]) for r in snap["moves"]]
+        s.next_id = snap["next_id"]
+        s.stalled = snap["stalled"]
+        s.wall = snap["wall"]
+        self.rng.bit_generator.state = snap["rng"]
+        self.budget.__dict__.update(Budget.from_json(snap["budget"]).__dict__)
+        self.repairs = RepairStats.from_json(snap["repairs"])
+        self.evaluator.load_state_dict(snap["evaluator"])
+        self.operator.load_state_dict(snap["operator_state"])
+        self.transcript.truncate(snap["transcript_lines"])
+
+    # ---- results ----------------------------------------------------------------------------
+    def _bar(self):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.config.generations, initial=self.state.generation, desc=f"search[{self.operator.name}]",
+                    unit="gen", dynamic_ncols=True)
+
+    def report(self) -> dict[str, Any]:
+        best = self.state.population[0]
+        self.budget.seconds["total"] = round(self._wall(), 3)
+        return {
+            "operator": self.operator.name,
+            "best_fitness": best.fitness,
+            "generations": self.state.generation,
+            "achieved": self.space.achieved(best.genome),
+            "budget": self.budget.to_json(),
+            "repairs": self.repairs.to_json(),
+            "origins": self.state.origins,
+            "operator_stats": self.operator.stats(),
+        }
+
+    def _finish(self) -> SearchResult:
+        report = self.report()
+        best = self.state.population[0]
+        if self.out_dir:
+            atomic_write_json(self.out_dir / "best.json", {
+                "rates": best.genome.to_rates(), "fitness": best.fitness, "target": self.space.target,
+                "budget": self.space.budget, "achieved": report["achieved"], "origin": best.origin,
+            })
+            atomic_write_json(self.out_dir / "history.json", self.state.history)
+            atomic_write_json(self.out_dir / "report.json", {**report, "config": self.config.to_json(),
+                                                             "space": self.space.to_json(), **self.meta})
+        return SearchResult(best, list(self.state.population), list(self.state.history), report)
