@@ -160,13 +160,17 @@ class GenomeSpace:
     def from_problem(cls, problem: Any, target: float, **kwargs) -> "GenomeSpace":
         """Build from the pruner's search-space facts (any object with the documented fields)."""
         facts = getattr(problem, "space", problem)
+        mlp_levels = getattr(facts, "mlp_levels", None)
+        step = getattr(facts, "mlp_step", None)
+        if mlp_levels is None and step:  # multiples of the pruner's MLP step
+            mlp_levels = np.arange(int(round(1 / step)) + 1) * step
         return cls(
             num_layers=facts.num_layers,
             target=target,
             attn_params=getattr(facts, "attn_params", None),
             mlp_params=getattr(facts, "mlp_params", None),
             attn_levels=getattr(facts, "attn_levels", None),
-            mlp_levels=getattr(facts, "mlp_levels", None),
+            mlp_levels=mlp_levels,
             **kwargs,
         )
 

@@ -58,6 +58,14 @@ class SearchConfig:
         return d
 
 
+# A resume may extend these; everything else must match the checkpoint.
+_EXTENDABLE = ("generations", "max_evals", "max_tokens")
+
+
+def _fixed(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in _EXTENDABLE}
+
+
 @dataclass
 class SearchResult:
     best: Individual
@@ -280,7 +288,7 @@ class Search:
         from selfprune.search.operators.base import Move
 
         mismatch = [name for name, now, then in (
-            ("config", self.config.to_json(), snap["config"]),
+            ("config", _fixed(self.config.to_json()), _fixed(snap["config"])),
             ("search space", self.space.to_json(), snap["space"]),
             ("operator", self.operator.name, snap["operator"]),
         ) if json.dumps(now, sort_keys=True) != json.dumps(then, sort_keys=True)]

@@ -1,0 +1,313 @@
+"""The LLM operator: an LLM writes initial shapes, picks parents for crossover and proposes
+mutations, behind the same interface as the classical operators.
+
+What a small model can do reliably is kept small: a shape is a handful of control points over
+depth (percent integers), a mutation is one to three "move X points of pruning from layer i to
+layer j" edits of a parent, a crossover is two parent ids and a segment pattern like "ABBAB".
+The prompts carry what an expert would look at: per-layer importance from the calibration pass
+and the history of which moves helped. Replies are parsed tolerantly and then repaired like any
+genome; unusable replies are retried once as a batch, and what is still missing comes from the
+classical operator. Every call, reply, failure reason and fallback is counted and transcribed.
+
+Slow calls go where they pay: the initial population, a share of each generation's offspring,
+and all mutations while the search is stalled.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from string import Template
+from typing import Any, Callable
+
+import numpy as np
+
+from selfprune.search.backends import ChatBackend
+from selfprune.search.operators.base import Context, Individual, Operator, Proposal
+from selfprune.search.operators.classic import GAOperator, owl_vector, tournament, uniform_vector
+from selfprune.search.replies import ReplyError, parse_crossover, parse_moves, parse_shape
+
+
+def load_prompt(name: str) -> Template:
+    return Template(resources.files("selfprune.search").joinpath(f"prompts/{name}.txt").read_text())
+
+
+@dataclass
+class LLMSettings:
+    init_share: float = 1.0  # share of the initial population (after the seeds) the LLM writes
+    share: float = 0.3  # share of each generation's offspring the LLM writes
+    plateau: int = 2  # generations without improvement after which the LLM writes all mutations
+    retries: int = 1  # extra batches asked for when replies are unusable
+    batch: int = 8  # replies per call (sampled together)
+    points: int = 5  # control points over depth for shapes
+    max_moves: int = 3
+    temperature: float = 0.9
+    crossover: bool = True  # the LLM also picks parents and segments for crossover
+    shape_tokens: int = 64
+    move_tokens: int = 80
+    crossover_tokens: int = 40
+
+
+_SHAPE_SCHEMA = {
+    "type": "object",
+    "properties": {"attn": {"type": "array", "items": {"type": "integer"}},
+                   "mlp": {"type": "array", "items": {"type": "integer"}}},
+    "required": ["attn", "mlp"], "additionalProperties": False,
+}
+_JOINT_SCHEMA = {
+    "type": "object", "properties": {"rates": {"type": "array", "items": {"type": "integer"}}},
+    "required": ["rates"], "additionalProperties": False,
+}
+_MOVES_SCHEMA = {
+    "type": "object",
+    "properties": {"moves": {"type": "array", "items": {
+        "type": "object",
+        "properties": {"from": {"type": "integer"}, "to": {"type": "integer"},
+                       "part": {"type": "string", "enum": ["attn", "mlp", "both"]}, "pct": {"type": "integer"}},
+        "required": ["from", "to", "part", "pct"], "additionalProperties": False}}},
+    "required": ["moves"], "additionalProperties": False,
+}
+_CROSS_SCHEMA = {
+    "type": "object",
+    "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}, "take": {"type": "string"}},
+    "required": ["a", "b", "take"], "additionalProperties": False,
+}
+
+
+class LLMOperator(Operator):
+    name = "llm"
+
+    def __init__(self, backend: ChatBackend, fallback: Operator | None = None, settings: LLMSettings | None = None):
+        self.backend = backend
+        self.fallback = fallback or GAOperator()
+        self.s = settings or LLMSettings()
+        self.system = load_prompt("system").template.strip()
+        self.templates = {k: load_prompt(k) for k in ("initial", "mutate", "crossover")}
+        self.counters: dict[str, Any] = {
+            "calls": 0, "replies": 0, "valid": 0, "invalid": {}, "retries": 0, "fallbacks": 0,
+            "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0,
+            "by_kind": {k: {"replies": 0, "valid": 0} for k in ("initial", "crossover", "mutate")},
+        }
+
+    # ---- bookkeeping ------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        c = self.counters
+        out = dict(c)
+        out["valid_rate"] = c["valid"] / c["replies"] if c["replies"] else None
+        out["backend"] = self.backend.name
+        out["structured"] = getattr(self.backend, "structured", None)
+        out["settings"] = asdict(self.s)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"counters": self.counters}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.counters = state["counters"]
+
+    def _ask(self, ctx: Context, kind: str, prompt: str, n: int, max_tokens: int, schema: dict,
+             parse: Callable[[str], Proposal]) -> list[Proposal]:
+        """Ask for ``n`` replies (in batches, with retries) and parse them; returns the proposals
+        that could be read, at most ``n``."""
+        messages = [{"role": "system", "content": self.system}, {"role": "user", "content": prompt}]
+        out: list[Proposal] = []
+        for attempt in range(1 + self.s.retries):
+            missing = n - len(out)
+            if missing <= 0:
+                break
+            if attempt:
+                self.counters["retries"] += 1
+            while missing > 0:
+                size = min(missing, self.s.batch)
+                seed = int(ctx.rng.integers(2**31))
+                t0 = time.perf_counter()
+                replies = self.backend.chat(messages, n=size, max_tokens=max_tokens,
+                                            temperature=self.s.temperature, seed=seed, schema=schema)
+                seconds = time.perf_counter() - t0
+                self.counters["calls"] += 1
+                self.counters["seconds"] += seconds
+                outcomes = []
+                for reply in replies:
+                    self.counters["replies"] += 1
+                    self.counters["by_kind"][kind]["replies"] += 1
+                    self.counters["prompt_tokens"] += reply.prompt_tokens
+                    self.counters["completion_tokens"] += reply.completion_tokens
+                    try:
+                        prop = parse(reply.text)
+                    except ReplyError as err:
+                        self.counters["invalid"][err.reason] = self.counters["invalid"].get(err.reason, 0) + 1
+                        outcomes.append(err.reason)
+                        continue
+                    self.counters["valid"] += 1
+                    self.counters["by_kind"][kind]["valid"] += 1
+                    outcomes.append("ok" + (f" ({', '.join(prop.events)})" if prop.events else ""))
+                    if len(out) < n:
+                        out.append(prop)
+                ctx.log({"kind": kind, "backend": self.backend.name, "seed": seed, "prompt": prompt,
+                         "replies": [r.text for r in replies], "outcomes": outcomes, "seconds": round(seconds, 3),
+                         "prompt_tokens": sum(r.prompt_tokens for r in replies),
+                         "completion_tokens": sum(r.completion_tokens for r in replies)})
+                missing -= size
+        return out
+
+    def _fill(self, got: list[Proposal], wanted: int, make: Callable[[int], list[Proposal]], kind: str) -> list[Proposal]:
+        """Replace what the LLM did not deliver with classical proposals, counted as fallbacks."""
+        short = wanted - len(got)
+        if short <= 0:
+            return got
+        self.counters["fallbacks"] += short
+        extra = make(short)
+        for p in extra:
+            p.origin = f"fallback-{kind}"
+        return got + extra
+
+    def _llm_count(self, ctx: Context, n: int, kind: str) -> int:
+        if kind == "mutate" and ctx.stalled >= self.s.plateau:
+            return n
+        if kind == "crossover" and not self.s.crossover:
+            return 0
+        return int(round(self.s.share * n))
+
+    # ---- prompt pieces ----------------------------------------------------------------------
+    def _importance(self, ctx: Context, key: str, points: int | None = None) -> str:
+        imp = ctx.profiles.get(key)
+        if imp is None:
+            return "(not measured)"
+        imp = np.asarray(imp, dtype=float)
+        if points:
+            imp = np.array([seg.mean() for seg in np.array_split(imp, points)])
+        span = imp.max() - imp.min()
+        digits = np.zeros(imp.size, dtype=int) if span <= 0 else np.round(9 * (imp - imp.min()) / span).astype(int)
+        return " ".join(map(str, digits))
+
+    def _points(self, vec: np.ndarray, ctx: Context, segments: int) -> tuple[list[int], list[int]]:
+        x = ctx.space.expand(np.asarray(vec, dtype=float))
+        L = ctx.space.num_layers
+        seg = lambda v: [int(round(100 * s.mean())) for s in np.array_split(v, segments)]  # noqa: E731
+        return seg(x[:L]), seg(x[L:])
+
+    def _format(self, attn: list[int], mlp: list[int], joint: bool) -> str:
+        if joint:
+            return '{"rates": [' + ", ".join(str(round((a + m) / 2)) for a, m in zip(attn, mlp)) + "]}"
+        return '{"attn": [' + ", ".join(map(str, attn)) + '], "mlp": [' + ", ".join(map(str, mlp)) + "]}"
+
+    # ---- operator ---------------------------------------------------------------------------
+    def initial(self, ctx: Context, n: int) -> list[Proposal]:
+        space, k = ctx.space, self.s.points
+        seeds = [Proposal(uniform_vector(space), "uniform")]
+        if "outlier_ratio" in ctx.profiles and n > 1:
+            seeds.append(Proposal(owl_vector(space, ctx.profiles["outlier_ratio"]), "owl"))
+        seeds = seeds[:n]
+        want = int(round(self.s.init_share * (n - len(seeds))))
+        examples = [self._format(*self._points(p.vector, ctx, k), space.joint) for p in seeds]
+        # An importance-shaped example shows what "prune important regions less" means.
+        t = space.target
+        ramp = t + 0.6 * t * np.linspace(-1, 1, k)
+        examples.append(self._format([int(round(100 * r)) for r in ramp], [int(round(100 * r)) for r in ramp], space.joint))
+        lo, hi = space.bounds
+        prompt = self.templates["initial"].substitute(
+            num_layers=space.num_layers, target_pct=int(round(100 * t)), low_pct=int(round(100 * lo)),
+            high_pct=int(round(100 * hi)), points=k,
+            attn_importance=self._importance(ctx, "attn_importance", k),
+            mlp_importance=self._importance(ctx, "mlp_importance", k),
+            examples="\n".join(examples),
+            format='{"rates": [...]}' if space.joint else '{"attn": [...], "mlp": [...]}',
+        )
+
+        def parse(text: str) -> Proposal:
+            vec, events = parse_shape(text, space, k)
+            return Proposal(vec, "llm-init", events=tuple(events))
+
+        got = self._ask(ctx, "initial", prompt, want, self.s.shape_tokens,
+                        _JOINT_SCHEMA if space.joint else _SHAPE_SCHEMA, parse) if want else []
+        rest = n - len(seeds) - want
+        classical = self.fallback.initial(ctx, rest + 1)[1:] if rest > 0 else []  # [0] is uniform again
+        got = self._fill(got, want, lambda m: self.fallback.initial(ctx, m + 1)[1:], "init")
+        return seeds + got + classical
+
+    def crossover(self, ctx: Context, n: int) -> list[Proposal]:
+        want = min(n, self._llm_count(ctx, n, "crossover"))
+        got: list[Proposal] = []
+        if want and len(ctx.population) >= 2:
+            shown = ctx.population[: min(8, len(ctx.population))]
+            segments = self.s.points
+            lines = []
+            for i, ind in enumerate(shown, 1):
+                a, m = self._points(ind.genome.vector, ctx, segments)
+                lines.append(f"{i}: perplexity {ind.fitness:.4g}; attn {' '.join(map(str, a))}; mlp {' '.join(map(str, m))}")
+            prompt = self.templates["crossover"].substitute(
+                num_layers=ctx.space.num_layers, segments=segments, candidates="\n".join(lines),
+                ex_take="AB" * (segments // 2) + "A" * (segments % 2),
+            )
+
+            def parse(text: str) -> Proposal:
+                ia, ib, pattern, events = parse_crossover(text, len(shown), segments)
+                return self._mix(ctx, shown[ia], shown[ib], pattern, events)
+
+            got = self._ask(ctx, "crossover", prompt, want, self.s.crossover_tokens, _CROSS_SCHEMA, parse)
+            got = self._fill(got, want, lambda m: self.fallback.crossover(ctx, m), "crossover")
+        return got + (self.fallback.crossover(ctx, n - len(got)) if n > len(got) else [])
+
+    def _mix(self, ctx: Context, a: Individual, b: Individual, pattern: str, events: list[str]) -> Proposal:
+        L = ctx.space.num_layers
+        from_b = np.zeros(L, dtype=bool)
+        for seg, ch in zip(np.array_split(np.arange(L), len(pattern)), pattern):
+            from_b[seg] = ch == "B"
+        mask = from_b if ctx.space.joint else np.concatenate([from_b, from_b])
+        vec = np.where(mask, np.array(b.genome.vector), np.array(a.genome.vector))
+        return Proposal(vec, "llm-crossover", (a.id, b.id), events=tuple(events))
+
+    def mutate(self, ctx: Context, n: int) -> list[Proposal]:
+        want = min(n, self._llm_count(ctx, n, "mutate"))
+        got: list[Proposal] = []
+        per_prompt = 4  # replies per parent: one batched call each
+        for i in range(-(-want // per_prompt)):
+            parent = ctx.best if i == 0 else tournament(ctx.population, ctx.rng)
+            got += self._mutate_one(ctx, parent, min(per_prompt, want - i * per_prompt))
+        got = self._fill(got, want, lambda m: self.fallback.mutate(ctx, m), "mutate")
+        return got + (self.fallback.mutate(ctx, n - len(got)) if n > len(got) else [])
+
+    def _mutate_one(self, ctx: Context, parent: Individual, count: int) -> list[Proposal]:
+        space = ctx.space
+        L = space.num_layers
+        x = space.expand(np.array(parent.genome.vector))
+        pct = lambda v: " ".join(str(int(round(100 * r))) for r in v)  # noqa: E731
+        ex_from, ex_to = self._example_move(ctx)
+        prompt = self.templates["mutate"].substitute(
+            num_layers=L, attn_rates=pct(x[:L]), mlp_rates=pct(x[L:]),
+            fitness=f"{parent.fitness:.4g}", best=f"{ctx.best.fitness:.4g}",
+            attn_importance=self._importance(ctx, "attn_importance"),
+            mlp_importance=self._importance(ctx, "mlp_importance"),
+            history=self._history(ctx), max_moves=self.s.max_moves, last_layer=L - 1,
+            ex_from=ex_from, ex_to=ex_to,
+        )
+
+        def parse(text: str) -> Proposal:
+            moves, events = parse_moves(text, L, self.s.max_moves)
+            vec = np.array(parent.genome.vector, dtype=float)
+            for mv in moves:
+                vec = mv.apply(vec, space)
+            return Proposal(vec, "llm-mutate", (parent.id,), tuple(moves), tuple(events))
+
+        return self._ask(ctx, "mutate", prompt, count, self.s.move_tokens, _MOVES_SCHEMA, parse)
+
+    def _example_move(self, ctx: Context) -> tuple[int, int]:
+        """A plausible example: from the most to the least important layer (by MLP importance)."""
+        imp = ctx.profiles.get("mlp_importance")
+        if imp is None:
+            return 1, ctx.space.num_layers - 2
+        imp = np.asarray(imp)
+        return int(imp.argmax()), int(imp.argmin())
+
+    def _history(self, ctx: Context, shown: int = 6) -> str:
+        records = [r for r in ctx.moves if r.moves]
+        if not records:
+            return "(none yet)"
+        records = sorted(records, key=lambda r: -r.gain)
+        pick = records[: shown // 2] + [r for r in records[-(shown // 2):] if r not in records[: shown // 2]]
+        lines = []
+        for r in pick:
+            desc = ", ".join(f"from {m.src} to {m.dst} {m.part} {int(round(100 * m.amount))}" for m in r.moves)
+            lines.append(f"{desc}: perplexity {-100 * r.gain:+.1f}%")
+        return "\n".join(lines)
