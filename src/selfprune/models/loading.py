@@ -104,8 +104,10 @@ def resolve_model_path(model: str) -> str:
 def load_model(model: str, dtype: torch.dtype = torch.float32, device: str | None = None):
     """Load (model, tokenizer) for a MODEL argument; pruned selfprune checkpoints load too."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(model)
+    hf_logging.disable_progress_bar()  # selfprune shows its own progress per stage
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model_obj = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=_is_pruned(path))
