@@ -11,12 +11,12 @@ import importlib.metadata
 import json
 import os
 import re
-import shutil
-import tempfile
+import sys
 from pathlib import Path
 
 import torch
 
+from selfprune.atomic import atomic_directory
 from selfprune.errors import SelfpruneError
 
 DEFAULT_MODEL = "default"
@@ -56,26 +56,17 @@ def default_model_dir() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"converting the default model {DEFAULT_MODEL_NAME} from GGUF to fp32 safetensors "
-          f"(once per machine, about a minute) into {target}", flush=True)
+          f"(once per machine, about a minute) into {target}", file=sys.stderr, flush=True)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A de-quantized GGUF model refuses save_pretrained until its quantizer is dropped.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write into a temporary folder and rename, so an interrupted conversion leaves nothing behind.
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    try:
+    with atomic_directory(target) as tmp:  # an interrupted conversion leaves nothing behind
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "selfprune_source.json").write_text(json.dumps({"gguf": str(gguf), "package": _GGUF_PACKAGE}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from selfprune.atomic import atomic_directory
 from selfprune.errors import SelfpruneError
 from selfprune.prune.remote_code import modeling_selfprune
 
@@ -35,19 +35,11 @@ def save_pruned(model, tokenizer, out_dir: str | os.PathLike, extra: dict | None
     if not getattr(model.config, "selfprune", None):
         raise SelfpruneError("this model carries no pruning record; prune it with selfprune before saving")
     out = prepare_out_dir(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         shutil.copy(modeling_selfprune.__file__, tmp / REMOTE_CODE_FILE)
         if extra:
             (tmp / "selfprune_summary.json").write_text(json.dumps(extra, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
