@@ -1,0 +1,32 @@
+"""The one-screen summary a run prints at its end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selfprune.report import tables as t
+
+
+def summary_text(results: dict, run_dir: str | Path) -> str:
+    run_dir = Path(run_dir)
+    best, prune = results["best"], results["prune"]
+    lines = [
+        "",
+        f"selfprune run: {results['model']} at ratio {results['ratio']:g} -> removed "
+        f"{t.pct(prune['achieved_ratio_prunable'])}% of attention+MLP ({t.pct(prune['achieved_ratio_total'])}% of "
+        f"the model), rates from the '{best['operator']}' search "
+        f"(fitness {t.fitness(best['fitness'])} vs uniform {t.fitness(results['search']['uniform']['fitness'])})",
+        "",
+        t.text_table(["", "dense", "pruned", "change"], t.comparison_rows(results)),
+        "",
+        "budget: " + ", ".join(f"{k} {v}" for k, v in t.budget_rows(results)),
+    ]
+    lines += [f"warning: {w}" for w in results.get("warnings", [])]
+    model = results["files"].get("model")
+    lines += [
+        "",
+        f"report:  {run_dir / 'report.md'}",
+        *([f"model:   {run_dir / model}"] if model else []),
+        f"results: {run_dir / 'results.json'}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""Rows of the dense-versus-pruned comparison and of the budget, as text cells.
+
+The markdown report and the console summary print the same rows, so a number reads the same
+everywhere; every cell is formatted from ``results.json`` by the functions below.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def params(n: int | None) -> str:
+    return "n/a" if n is None else f"{n:,}"
+
+
+def ppl(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def pct(x: float | None) -> str:
+    """An accuracy or a fraction in percent, one decimal."""
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def times(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.2f}x"
+
+
+def ms(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f} ms"
+
+
+def tok_s(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f} tok/s"
+
+
+def seconds(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.0f} s" if x < 120 else f"{x / 60:.1f} min"
+
+
+def fitness(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+
+def _change(before: float | None, after: float | None, kind: str) -> str:
+    if before is None or after is None:
+        return ""
+    if kind == "ratio":
+        return f"{after / before:.2f}x" if before else ""
+    if kind == "points":
+        return f"{100 * (after - before):+.1f} pt"
+    return f"{(after - before) / before:+.1%}" if before else ""
+
+
+def comparison_rows(results: dict) -> list[tuple[str, str, str, str]]:
+    """(what, dense, pruned, change) for parameters, perplexity, zero-shot and speed."""
+    dense, pruned = results["models"]["dense"], results["models"]["pruned"]
+    rows = [("parameters", params(dense.get("params")), params(pruned.get("params")),
+             _change(dense.get("params"), pruned.get("params"), "relative"))]
+    dp, pp = dense.get("perplexity"), pruned.get("perplexity")
+    if dp or pp:
+        proto = (pp or dp)["protocol"]
+        label = f"perplexity ({_source_name(proto['source'])}, seqlen {proto['seqlen']}, {proto['windows']} windows)"
+        rows.append((label, ppl(dp and dp["ppl"]), ppl(pp and pp["ppl"]), _change(dp and dp["ppl"], pp and pp["ppl"], "ratio")))
+    dz, pz = dense.get("zeroshot"), pruned.get("zeroshot")
+    if dz or pz:
+        tasks = list((pz or dz)["tasks"])
+        for task in tasks:
+            d = dz["tasks"][task] if dz else None
+            p = pz["tasks"][task] if pz else None
+            metric = (p or d)["metric_for_average"]
+            dv, pv = d and d[metric], p and p[metric]
+            rows.append((f"{task} {metric} (%)", pct(dv), pct(pv), _change(dv, pv, "points")))
+        da, pa = dz and dz["average"], pz and pz["average"]
+        rows.append((f"zero-shot average (%, {len(tasks)} tasks)", pct(da), pct(pa), _change(da, pa, "points")))
+    speed = results.get("speed")
+    if speed:
+        d, p, c = speed["models"]["dense"], speed["models"]["pruned"], speed["comparison"]["pruned"]
+        for shape, value in p["prefill_ms"].items():
+            rows.append((f"prefill {shape} latency", ms(d["prefill_ms"][shape]), ms(value),
+                         f"{times(c['prefill_speedup'][shape])} faster"))
+        for batch, value in p["decode_tok_s"].items():
+            rows.append((f"decode batch {batch} throughput", tok_s(d["decode_tok_s"][batch]), tok_s(value),
+                         f"{times(c['decode_speedup'][batch])} faster"))
+        rows.append(("ideal speed-up (parameter ratio)", "", "", times(c["ideal"])))
+        if d.get("peak_mb") is not None and p.get("peak_mb") is not None:
+            rows.append(("peak memory", f"{d['peak_mb']:.0f} MB", f"{p['peak_mb']:.0f} MB",
+                         _change(d["peak_mb"], p["peak_mb"], "relative")))
+    return rows
+
+
+def budget_rows(results: dict) -> list[tuple[str, str]]:
+    b = results["budget"]
+    rows = [
+        ("fitness evaluations", f"{b['fitness_evals']:,}"),
+        ("fitness tokens", f"{b['fitness_tokens']:,}"),
+        ("search time", seconds(b["search_seconds"])),
+        ("total run time", seconds(b["total_seconds"])),
+    ]
+    if b.get("llm_tokens"):
+        rows.insert(2, ("operator LLM tokens", f"{b['llm_tokens']:,}"))
+    return rows
+
+
+def _source_name(source: str) -> str:
+    """A short name for a perplexity source (file paths shown by their file name)."""
+    if source.startswith("wikitext2"):
+        return "WikiText-2"
+    name = source.rsplit("/", 1)[-1]
+    return "WikiText-2 test" if name == "wiki.test.raw" else name
+
+
+def text_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def markdown_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
