@@ -117,3 +117,18 @@ def test_flap_bias_compensation_beats_plain_removal(default_model):
         with torch.no_grad():
             losses[comp] = model(eval_ids, labels=eval_ids).loss.item()
     assert losses[True] < losses[False]
+
+
+def test_activation_statistics_match_direct_computation():
+    """The streamed per-channel statistics equal those of all activations at once (float64)."""
+    from selfprune.prune.importance import _Stats
+
+    torch.manual_seed(0)
+    batches = [torch.randn(3, 50, 8) * 0.01 + 1000.0 for _ in range(4)]  # large mean, small spread
+    stats = _Stats()
+    for b in batches:
+        stats(None, (b,))
+    full = torch.cat([b.reshape(-1, 8) for b in batches]).double()
+    torch.testing.assert_close(stats.mean(), full.mean(0))
+    torch.testing.assert_close(stats.variance(), full.var(0), rtol=1e-3, atol=0)
+    torch.testing.assert_close(stats.norm(), full.pow(2).sum(0).sqrt())

@@ -44,31 +44,42 @@ class ImportanceScores:
 
 
 class _Stats:
-    """Running per-channel sum and sum of squares of a module's input (float64: no cancellation)."""
+    """Per-channel count, mean, centred sum of squares (M2) and sum of squares of a module's input.
+
+    Each batch is reduced in the activations' precision around its own mean, then merged in float64
+    (Chan et al.'s parallel update), so the variance does not cancel catastrophically for channels
+    whose mean is large next to their spread, and the hook costs little next to the forward pass.
+    """
 
     def __init__(self):
-        self.sum = None
-        self.sumsq = None
         self.count = 0
+        self._mean = self.m2 = self.sumsq = None
 
     def __call__(self, module, args):
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-        if self.sum is None:
-            self.sum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-            self.sumsq = torch.zeros_like(self.sum)
-        self.sum += x.sum(0)
-        self.sumsq += (x * x).sum(0)
-        self.count += x.shape[0]
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+        n_b = x.shape[0]
+        mean_b = x.mean(0)
+        m2_b = (x - mean_b).pow(2).sum(0).double()
+        sumsq_b = x.pow(2).sum(0).double()
+        mean_b = mean_b.double()
+        if self._mean is None:
+            self.count, self._mean, self.m2, self.sumsq = n_b, mean_b, m2_b, sumsq_b
+            return
+        n = self.count + n_b
+        delta = mean_b - self._mean
+        self._mean = self._mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + delta.pow(2) * (self.count * n_b / n)
+        self.sumsq = self.sumsq + sumsq_b
+        self.count = n
 
     def mean(self) -> torch.Tensor:
-        return self.sum / self.count
+        return self._mean
 
     def norm(self) -> torch.Tensor:
         return self.sumsq.sqrt()
 
     def variance(self) -> torch.Tensor:
-        n = self.count
-        return ((self.sumsq - self.sum * self.sum / n) / max(n - 1, 1)).clamp_min(0)
+        return self.m2 / max(self.count - 1, 1)
 
 
 @torch.no_grad()
