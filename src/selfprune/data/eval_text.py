@@ -17,7 +17,7 @@ from selfprune.errors import SelfpruneError
 WIKITEXT2 = "wikitext2"
 WIKITEXT2_HUB = ("wikitext", "wikitext-2-raw-v1", "test")
 HUB_JOIN = '"\\n\\n".join(rows)'
-FILE_JOIN = "file contents, unmodified"
+FILE_JOIN = "file contents, line endings normalised to \\n"
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class EvalText:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
     def describe(self) -> dict:
-        return {"source": self.source, "join": self.join, "chars": len(self.text), "sha256": self.sha256}
+        return {"source": self.source, "join": self.join, "chars": len(self.text), "text_sha256": self.sha256}
 
 
 def load_eval_text(source: str | Path) -> EvalText:
@@ -49,9 +49,8 @@ def _load_file(path: Path) -> EvalText:
     if path.is_dir():
         raise SelfpruneError(f"'{path}' is a directory; pass a text file (e.g. wiki.test.raw) or 'wikitext2'")
     try:
-        # newline="" keeps the bytes as they are (no CRLF translation), so the text hash is the file's.
-        with open(path, encoding="utf-8", newline="") as f:
-            text = f.read()
+        # Universal newlines: CRLF and LF files give the same text (WikiText rows end in "\n").
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise SelfpruneError(f"'{path}' is not UTF-8 text; pass a plain text file") from None
     if not text.strip():

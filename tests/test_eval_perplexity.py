@@ -1,0 +1,94 @@
+"""Perplexity on the real default model against a reference computed with plain transformers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from selfprune.data.eval_text import HUB_JOIN, EvalText, load_eval_text
+from selfprune.errors import SelfpruneError
+from selfprune.eval.perplexity import perplexity
+
+
+def reference_ppl(model, tokenizer, text: str, seqlen: int, windows: int, stride: int) -> tuple[float, int]:
+    """One window at a time through the model's own loss: the textbook sliding-window computation."""
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(windows):
+            window = ids[i * stride : i * stride + seqlen][None]
+            labels = window.clone()
+            if i > 0:
+                labels[:, : seqlen - stride] = -100  # context only; scored by the previous window
+            n = int((labels[:, 1:] != -100).sum())
+            nll += model(input_ids=window, labels=labels).loss.item() * n
+            count += n
+    return math.exp(nll / count), count
+
+
+@pytest.fixture(scope="module")
+def wikitext(wikitext_test_path):
+    """The start of WikiText-2 test: enough for a few windows, quick to tokenize twice."""
+    full = load_eval_text(wikitext_test_path)
+    return EvalText(full.text[:40_000], full.source, full.join)
+
+
+def test_matches_plain_transformers(default_model, wikitext):
+    model, tokenizer = default_model
+    result = perplexity(model, tokenizer, wikitext, seqlen=128, max_windows=4, batch_size=4)
+    ref, count = reference_ppl(model, tokenizer, wikitext.text, 128, 4, 128)
+    assert math.isfinite(result.ppl) and 1 < result.ppl < 1000
+    assert result.ppl == pytest.approx(ref, rel=1e-4)
+    assert result.tokens_scored == count == 4 * 127
+    assert result.windows == 4
+    p = result.protocol
+    assert (p["seqlen"], p["stride"], p["windows"], p["dtype"]) == (128, 128, 4, "float32")
+    assert p["join"] == wikitext.join and p["text_sha256"] == wikitext.sha256
+
+
+def test_overlapping_windows_score_each_token_once(default_model, wikitext):
+    model, tokenizer = default_model
+    result = perplexity(model, tokenizer, wikitext, seqlen=64, stride=32, max_windows=3, batch_size=2)
+    ref, count = reference_ppl(model, tokenizer, wikitext.text, 64, 3, 32)
+    assert result.tokens_scored == count == 63 + 2 * 32
+    assert result.ppl == pytest.approx(ref, rel=1e-4)
+
+
+def test_batch_size_does_not_change_the_number(default_model, wikitext):
+    model, tokenizer = default_model
+    one = perplexity(model, tokenizer, wikitext, seqlen=64, max_windows=3, batch_size=1)
+    three = perplexity(model, tokenizer, wikitext, seqlen=64, max_windows=3, batch_size=3)
+    assert one.ppl == pytest.approx(three.ppl, rel=1e-5)
+
+
+def test_source_path_and_token_ids_agree(default_model, wikitext_test_path, wikitext):
+    model, tokenizer = default_model
+    from_path = perplexity(model, tokenizer, str(wikitext_test_path), seqlen=64, max_windows=2)
+    ids = tokenizer(wikitext.text)["input_ids"]
+    from_ids = perplexity(model, tokenizer, torch.tensor(ids), seqlen=64, max_windows=2)
+    assert from_path.ppl == pytest.approx(from_ids.ppl, rel=1e-5)
+    assert from_path.protocol["source"] == str(wikitext_test_path.resolve())
+    assert from_path.protocol["tokens_in_text"] > 290_000  # the whole file was read
+
+
+def test_wikitext2_from_the_hub_or_a_clear_error():
+    try:
+        text = load_eval_text("wikitext2")
+    except SelfpruneError as exc:  # offline and not cached: the message says how to pass a local file
+        assert "local copy" in str(exc)
+    else:
+        assert text.join == HUB_JOIN and len(text.text) > 1_000_000
+
+
+def test_bad_inputs(default_model, tmp_path):
+    model, tokenizer = default_model
+    with pytest.raises(SelfpruneError, match="longer than the model's context of 8192"):
+        perplexity(model, tokenizer, EvalText("a b c " * 5000, "test", "given"), seqlen=9000)
+    with pytest.raises(SelfpruneError, match="not found"):
+        perplexity(model, tokenizer, tmp_path / "missing.txt", seqlen=128)
+    with pytest.raises(SelfpruneError, match="fewer than one window"):
+        perplexity(model, tokenizer, EvalText("just a few words", "test", "given"), seqlen=128)
+    with pytest.raises(SelfpruneError, match="stride"):
+        perplexity(model, tokenizer, EvalText("a b c " * 100, "test", "given"), seqlen=16, stride=32)
