@@ -28,13 +28,13 @@ def test_yaml_round_trip_and_flags_override_yaml(tmp_path):
     cfg_file.write_text("model: default\nratio: 0.25\nsearch:\n  population: 6\n  operator: [ga, evopress]\n"
                         "eval:\n  tasks: piqa\n")
     args = build_parser().parse_args(["run", "--config", str(cfg_file), "--ratio", "0.4", "--generations", "2",
-                                      "--no-bench", "--prefill-shapes", "1x64,2x32", "--limit", "none"])
+                                      "--no-bench", "--shapes", "1x64,2x32", "--limit", "none"])
     from selfprune.cli.run import overrides_from
 
     cfg = load_config(cfg_file, overrides_from(args))
     assert cfg.ratio == 0.4 and cfg.search.population == 6 and cfg.search.generations == 2
     assert cfg.search.operator == ["ga", "evopress"] and cfg.eval.tasks == ["piqa"]
-    assert cfg.bench.enabled is False and cfg.bench.prefill_shapes == [(1, 64), (2, 32)] and cfg.eval.limit is None
+    assert cfg.bench.enabled is False and cfg.bench.shapes == [(1, 64), (2, 32)] and cfg.eval.limit is None
     again = resolve(yaml.safe_load(cfg.to_yaml()))
     assert again == cfg
 

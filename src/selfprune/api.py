@@ -30,3 +30,13 @@ def load_pruned(path: str):
 
 
 __all__ = ["prune", "load_pruned", "load_model", "PruneResult"]
+
+
+def run(model: str | None = None, ratio: float | None = None, out: str | None = None, config=None, **sections):
+    """Search, prune, save, evaluate, benchmark and report, like ``selfprune run`` (see selfprune.run.run)."""
+    from selfprune.run import run as run_all
+
+    return run_all(model, ratio, out, config, **sections)
+
+
+__all__ += ["run"]

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from selfprune.errors import SelfpruneError
 
-OPERATORS = ("llm", "ga", "evopress", "random", "uniform", "owl")
 ALL_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 
 
@@ -53,15 +52,17 @@ class SearchSection(Section):
         ["ga"], min_length=1,
         description="search operator(s); several run one after another on the same budget and the best genome wins")
     population: int = Field(8, ge=1, description="population size (survivors per generation)")
-    generations: int = Field(3, ge=0, description="generations after the initial population")
+    generations: int = Field(4, ge=0, description="generations after the initial population")
     crossover: int = Field(4, ge=0, description="offspring by crossover per generation")
     mutation: int = Field(4, ge=0, description="offspring by mutation per generation")
-    max_evals: int | None = Field(None, ge=1, description="stop after this many fitness evaluations (per operator)")
+    max_evals: int | None = Field(None, ge=1, description="fitness evaluations per operator (default: population + "
+                                  "generations x offspring, the same for every operator)")
     max_tokens: int | None = Field(None, ge=1, description="stop after this many fitness tokens (per operator)")
     fitness: Literal["ppl", "kl"] = Field("ppl", description="ppl of the pruned model, or KL divergence to the dense model")
-    fitness_samples: list[int] = Field([4], min_length=1, description="fitness blocks per selection stage (non-decreasing)")
+    fitness_samples: list[int] = Field([2], min_length=1, description="fitness blocks per selection stage (non-decreasing)")
     fitness_seqlen: int = Field(256, ge=2, description="tokens per fitness block")
-    stage_keep: list[float] | None = Field(None, description="fraction of offspring promoted at each stage but the last")
+    stage_keep: list[float] | None = Field(None, description="fraction of offspring promoted at each stage but the "
+                                           "last (default 0.25 when there are several stages)")
     budget: Literal["mean", "params"] = Field("mean", description="mean: mean rate over layers; params: exact parameter fraction")
     min_rate: float = Field(0.0, ge=0.0, le=1.0, description="lowest rate of any block")
     max_rate: float = Field(0.9, ge=0.0, le=1.0, description="highest rate of any block")
@@ -69,6 +70,7 @@ class SearchSection(Section):
     llm: str | None = Field(None, description="operator LLM: self (the model being pruned), local:PATH, or openai:MODEL")
     llm_base_url: str | None = Field(None, description="URL of an OpenAI-compatible server (vLLM, llama.cpp, Ollama, a hosted API)")
     llm_api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    llm_timeout: float = Field(120.0, gt=0, description="seconds per LLM request")
     llm_share: float = Field(0.3, ge=0.0, le=1.0, description="share of each generation's offspring the LLM writes")
 
     @field_validator("operator", mode="before")
@@ -92,6 +94,8 @@ class SearchSection(Section):
     def _consistent(self):
         if any(n < 1 for n in self.fitness_samples) or self.fitness_samples != sorted(self.fitness_samples):
             raise _bad("fitness_samples", f"must be positive and non-decreasing, got {self.fitness_samples}")
+        if self.stage_keep is None and len(self.fitness_samples) > 1:
+            self.stage_keep = [0.25] * (len(self.fitness_samples) - 1)  # as `selfprune search`
         if self.stage_keep is not None:
             if len(self.stage_keep) != len(self.fitness_samples) - 1:
                 raise _bad("stage_keep", f"needs one fraction per fitness stage but the last "
@@ -128,7 +132,8 @@ class EvalSection(Section):
     tasks: list[str] = Field(["piqa", "arc_easy"], description="zero-shot tasks (lm-eval), or 'all'; [] skips zero-shot")
     limit: int | None = Field(50, ge=1, description="documents per zero-shot task (null: all; not comparable to papers)")
     task_source: Literal["offline", "hub"] = Field("offline", description="offline task data or lm-eval's hub datasets")
-    batch_size: int = Field(16, ge=1, description="zero-shot batch size")
+    batch_size: int | None = Field(None, ge=1, description="batch size: perplexity windows (default: 2048 tokens' "
+                                   "worth) and lm-eval (default 16)")
     dense: bool = Field(True, description="also evaluate the dense model, for the comparison table")
 
     @field_validator("tasks", mode="before")
@@ -154,14 +159,14 @@ class BenchSection(Section):
     """Speed of the dense and pruned models side by side (as ``selfprune bench``)."""
 
     enabled: bool = Field(True, description="measure speed at all")
-    prefill_shapes: list[tuple[int, int]] = Field([(1, 128), (1, 512)], description="prefill (batch, sequence) shapes")
+    shapes: list[tuple[int, int]] = Field([(1, 128), (1, 512)], description="prefill (batch, sequence) shapes")
     decode_batches: list[int] = Field([1], min_length=1, description="decode batch sizes")
     prompt_len: int = Field(32, ge=1, description="prompt tokens before decoding")
     decode_tokens: int = Field(32, ge=1, description="greedy tokens decoded per measurement")
     warmup: int = Field(1, ge=0, description="untimed runs per model and shape")
     repeats: int = Field(3, ge=1, description="timed runs per model and shape (median kept)")
 
-    @field_validator("prefill_shapes", mode="before")
+    @field_validator("shapes", mode="before")
     @classmethod
     def _shapes(cls, v):
         # "1x128,8x128" on the command line
@@ -169,7 +174,7 @@ class BenchSection(Section):
             try:
                 return [tuple(int(n) for n in s.lower().split("x")) for s in v.split(",") if s.strip()]
             except ValueError:
-                raise ValueError(f"prefill_shapes '{v}' is not a list of BATCHxSEQ like 1x128,8x128") from None
+                raise ValueError(f"shapes '{v}' is not a list of BATCHxSEQ like 1x128,8x128") from None
         return v
 
     @field_validator("decode_batches", mode="before")
@@ -179,8 +184,8 @@ class BenchSection(Section):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if not self.prefill_shapes or any(b < 1 or s < 1 for b, s in self.prefill_shapes):
-            raise _bad("prefill_shapes", "needs at least one shape with positive batch and sequence")
+        if not self.shapes or any(b < 1 or s < 1 for b, s in self.shapes):
+            raise _bad("shapes", "needs at least one shape with positive batch and sequence")
         if any(b < 1 for b in self.decode_batches):
             raise _bad("decode_batches", "must be positive")
         return self
@@ -249,15 +254,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search": {"operator": ["llm"], "population": 30, "generations": 20, "crossover": 10, "mutation": 10,
                    "fitness_samples": [4, 16], "fitness_seqlen": 128, "stage_keep": [0.5]},
         "eval": {"seqlen": 128, "max_windows": None, "tasks": list(ALL_TASKS), "limit": None},
-        "bench": {"prefill_shapes": [[1, 128], [1, 512], [8, 128]], "decode_batches": [1, 8], "warmup": 2, "repeats": 5},
+        "bench": {"shapes": [[1, 128], [1, 512], [8, 128]], "decode_batches": [1, 8], "warmup": 2, "repeats": 5},
     },
 }
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``, section by section."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -280,12 +286,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def resolve(file_data: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Defaults < preset < YAML data < overrides (nested dicts of the same shape) -> RunConfig."""
-    data = _merge(file_data or {}, overrides or {})
+    data = merge(file_data or {}, overrides or {})
     preset = data.get("preset", "quick")
     if preset not in PRESETS:
         raise SelfpruneError(f"config field 'preset': unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
     try:
-        return RunConfig.model_validate(_merge(PRESETS[preset], data))
+        return RunConfig.model_validate(merge(PRESETS[preset], data))
     except ValidationError as exc:
         raise SelfpruneError(describe_errors(exc)) from None
 

@@ -100,7 +100,7 @@ def preflight(cfg: RunConfig) -> Preflight:
     if "llm" in s.operator and s.llm and s.llm.startswith("openai:"):
         from selfprune.search.backends import make_backend
 
-        pre.backend = make_backend(s.llm, base_url=s.llm_base_url, api_key_env=s.llm_api_key_env)
+        pre.backend = make_backend(s.llm, base_url=s.llm_base_url, api_key_env=s.llm_api_key_env, timeout=s.llm_timeout)
     elif "llm" in s.operator and s.llm and s.llm.startswith("local:"):
         resolve_model_path(s.llm.partition(":")[2])
     return pre
@@ -196,7 +196,25 @@ def environment(cfg: RunConfig, device: str, argv: list[str] | None) -> dict:
 
 
 # ---- the run --------------------------------------------------------------------------------
-def run(cfg: RunConfig, argv: list[str] | None = None) -> RunResult:
+def run(model: str | None = None, ratio: float | None = None, out: str | None = None,
+        config: str | Path | RunConfig | None = None, **sections: Any) -> RunResult:
+    """The whole job from Python, like ``selfprune run``: ``config`` is a RunConfig or a YAML
+    path; ``model``, ``ratio``, ``out`` and sections given as dicts override it, e.g.
+    ``run("default", 0.3, "runs/smollm2", search={"population": 4}, eval={"tasks": ["piqa"]})``."""
+    from selfprune.config import load_config, merge, resolve
+
+    overrides = dict(sections)
+    overrides.update({k: v for k, v in (("model", model), ("ratio", ratio)) if v is not None})
+    if out is not None:
+        overrides["output"] = {**overrides.get("output", {}), "dir": str(out)}
+    if isinstance(config, RunConfig):
+        cfg = resolve(merge(config.model_dump(), overrides))
+    else:
+        cfg = load_config(config, overrides)
+    return execute(cfg)
+
+
+def execute(cfg: RunConfig, argv: list[str] | None = None) -> RunResult:
     """Run ``cfg`` into ``cfg.output.dir``; returns the directory and the results dict."""
     from selfprune.atomic import atomic_directory
 
@@ -279,7 +297,7 @@ def _execute(cfg: RunConfig, pre: Preflight, tmp: Path) -> dict:
 
         b = cfg.bench
         with stage("speed") as bar:
-            speed = measure({"dense": dense, "pruned": pruned.model}, prefill_shapes=[tuple(s) for s in b.prefill_shapes],
+            speed = measure({"dense": dense, "pruned": pruned.model}, prefill_shapes=[tuple(s) for s in b.shapes],
                             decode_batches=tuple(b.decode_batches), prompt_len=b.prompt_len,
                             decode_tokens=b.decode_tokens, warmup=b.warmup, repeats=b.repeats, seed=cfg.seed)
             bar.update(1)
@@ -312,25 +330,20 @@ def _execute(cfg: RunConfig, pre: Preflight, tmp: Path) -> dict:
     }
 
 
-def make_operator(name: str, cfg: RunConfig, model, tokenizer, backend=None):
-    """The search operator of that name; ``llm`` falls back to the GA when its replies fail."""
-    from selfprune.search.operators.classic import EvoPressOperator, FixedOperator, GAOperator, RandomOperator
+def _operator(name: str, cfg: RunConfig, model, tokenizer, backend=None):
+    """The search's operator of that name; the LLM one talks to the checked server, or to the
+    model being pruned (``self``), or to a second local model."""
+    from selfprune.search.strategies import make_operator
 
-    if name in ("uniform", "owl"):
-        return FixedOperator(name)
-    if name == "random":
-        return RandomOperator()
-    if name == "ga":
-        return GAOperator()
-    if name == "evopress":
-        return EvoPressOperator()
+    if name != "llm":
+        return make_operator(name)
     from selfprune.search.backends import make_backend
-    from selfprune.search.operators.llm import LLMOperator, LLMSettings
+    from selfprune.search.operators.llm import LLMSettings
 
     s = cfg.search
     backend = backend or make_backend(s.llm, base_url=s.llm_base_url, self_model=model, self_tokenizer=tokenizer,
-                                      api_key_env=s.llm_api_key_env)
-    return LLMOperator(backend, fallback=GAOperator(), settings=LLMSettings(share=s.llm_share))
+                                      api_key_env=s.llm_api_key_env, timeout=s.llm_timeout)
+    return make_operator(name, backend, LLMSettings(share=s.llm_share))
 
 
 def _search(cfg: RunConfig, pre: Preflight, model, tokenizer, tmp: Path, stage: Stages, progress: bool) -> dict:
@@ -339,7 +352,7 @@ def _search(cfg: RunConfig, pre: Preflight, model, tokenizer, tmp: Path, stage: 
 
     from selfprune.search.fitness import build_search_problem
     from selfprune.search.genome import GenomeSpace
-    from selfprune.search.loop import SearchConfig
+    from selfprune.search.strategies import strategy_config
 
     s, p = cfg.search, cfg.prune
     with stage("importance") as bar:
@@ -352,16 +365,17 @@ def _search(cfg: RunConfig, pre: Preflight, model, tokenizer, tmp: Path, stage: 
         bar.update(1)
     space = GenomeSpace.from_problem(problem, cfg.ratio, bounds=(s.min_rate, s.max_rate), budget=s.budget, joint=s.joint)
     last = problem.fitness.num_stages - 1
-    search_cfg = SearchConfig(population=s.population, generations=s.generations, crossover=s.crossover,
-                              mutation=s.mutation, max_evals=s.max_evals, max_tokens=s.max_tokens, seed=cfg.seed,
-                              stage_keep=tuple(s.stage_keep) if s.stage_keep else None)
     operators: dict[str, dict] = {}
     uniform, _ = space.repair(np.full(space.dim, cfg.ratio))  # the baseline every search must beat
     uniform_fitness = None
     with stage("search", len(s.operator)) as bar:
         for name in s.operator:
             bar.set_postfix_str(name)
-            operator = make_operator(name, cfg, model, tokenizer, pre.backend)
+            # Every operator gets the same number of fitness evaluations (strategy_config).
+            search_cfg = strategy_config(name, s.population, s.generations, s.crossover, s.mutation, s.max_evals,
+                                         max_tokens=s.max_tokens, seed=cfg.seed,
+                                         stage_keep=tuple(s.stage_keep) if s.stage_keep else None)
+            operator = _operator(name, cfg, model, tokenizer, pre.backend)
             out = tmp / "search" / name
             search = _MedianSearch(space, problem.fitness, operator, search_cfg, profiles=problem.profiles,
                                    out_dir=out, progress=progress, meta={"problem": problem.info})
@@ -428,13 +442,14 @@ class _Evaluator:
 
             bar.set_postfix_str("perplexity")
             out["perplexity"] = perplexity(model, tokenizer, self.pre.eval_text, seqlen=e.seqlen,
-                                           max_windows=e.max_windows, stride=e.stride).to_dict()
+                                           max_windows=e.max_windows, stride=e.stride,
+                                           batch_size=e.batch_size).to_dict()
             bar.update(1)
         if self.pre.tasks:
             from selfprune.eval.zeroshot import zeroshot
 
             bar.set_postfix_str("zero-shot")
-            out["zeroshot"] = zeroshot(model, tokenizer, self.pre.tasks, limit=e.limit, batch_size=e.batch_size,
+            out["zeroshot"] = zeroshot(model, tokenizer, self.pre.tasks, limit=e.limit, batch_size=e.batch_size or 16,
                                        source=e.task_source)
             bar.update(1)
         return out

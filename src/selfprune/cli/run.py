@@ -70,7 +70,7 @@ def _metavar(path: str, info) -> str:
     import typing
 
     name = path.rsplit(".", 1)[-1]
-    fixed = {"prefill_shapes": "BxS,...", "operator": "NAME[,NAME]", "tasks": "LIST|all", "dir": "DIR"}
+    fixed = {"shapes": "BxS,...", "operator": "NAME[,NAME]", "tasks": "LIST|all", "dir": "DIR"}
     if name in fixed:
         return fixed[name]
     if typing.get_origin(info.annotation) is typing.Literal:
@@ -125,8 +125,8 @@ def run(args) -> int:
         return 0
 
     from selfprune.report.summary import summary_text
-    from selfprune.run import run as run_config
+    from selfprune.run import execute
 
-    result = run_config(cfg, argv=sys.argv[1:])
+    result = execute(cfg, argv=sys.argv[1:])
     print(summary_text(result.results, result.dir))
     return 0
