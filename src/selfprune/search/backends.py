@@ -8,7 +8,6 @@ are checked at construction (``check()``), so a wrong URL, model name or key fai
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 from urllib.parse import urlparse
@@ -29,8 +28,13 @@ class ChatBackend:
     def check(self) -> None:
         """Raise SelfpruneError when the backend cannot answer (called before the search starts)."""
 
+    supports_templates = False  # fill-in-the-blanks decoding (see constrained.py)
+
     def chat(self, messages: Sequence[dict[str, str]], n: int = 1, max_tokens: int = 96,
-             temperature: float = 0.8, seed: int = 0, schema: dict[str, Any] | None = None) -> list[Reply]:
+             temperature: float = 0.8, seed: int = 0, schema: dict[str, Any] | None = None,
+             template: Sequence[Any] | None = None) -> list[Reply]:
+        """``n`` sampled replies. ``schema``: JSON schema for servers with structured output;
+        ``template``: a reply template for backends that decode with one (others ignore it)."""
         raise NotImplementedError
 
 
@@ -88,7 +92,7 @@ class OpenAIBackend(ChatBackend):
             shown = ", ".join(models[:8]) + (" ..." if len(models) > 8 else "")
             raise SelfpruneError(f"model '{self.model}' is not served at {where}; available: {shown}")
 
-    def chat(self, messages, n=1, max_tokens=96, temperature=0.8, seed=0, schema=None):
+    def chat(self, messages, n=1, max_tokens=96, temperature=0.8, seed=0, schema=None, template=None):
         replies: list[Reply] = []
         for i in range(n):  # one request per reply: many servers ignore or reject n > 1
             replies.append(self._one(list(messages), max_tokens, temperature, seed + i, schema))
@@ -125,10 +129,16 @@ class LocalBackend(ChatBackend):
     (the loop is sequential), when the model is dense.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, name: str = "local"):
+    supports_templates = True
+
+    def __init__(self, model: Any, tokenizer: Any, name: str = "local", threads: int | None = 1):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        # Token-by-token decoding of a small model is latency-bound: one CPU thread is about as
+        # fast as two on a quiet machine and many times faster on a busy one. None: torch's choice.
+        self.threads = threads
+        self._decoders: dict[tuple, Any] = {}
         if getattr(tokenizer, "chat_template", None) is None:
             raise SelfpruneError(f"the operator model '{name}' has no chat template; use an instruct/chat model")
 
@@ -139,7 +149,16 @@ class LocalBackend(ChatBackend):
         model, tokenizer = load_model(path)
         return cls(model, tokenizer, name=f"local:{path}")
 
-    def chat(self, messages, n=1, max_tokens=96, temperature=0.8, seed=0, schema=None):
+    def _decoder(self, template: Sequence[Any]):
+        from selfprune.search.constrained import TemplateDecoder
+
+        key = tuple(template)
+        if key not in self._decoders:
+            digits = next(iter(self._decoders.values())).digits if self._decoders else None
+            self._decoders[key] = TemplateDecoder(self.tokenizer, template, digits=digits)
+        return self._decoders[key]
+
+    def chat(self, messages, n=1, max_tokens=96, temperature=0.8, seed=0, schema=None, template=None):
         import torch
 
         enc = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
@@ -148,12 +167,23 @@ class LocalBackend(ChatBackend):
         enc = {k: v.to(device) for k, v in enc.items()}
         prompt_len = enc["input_ids"].shape[1]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        extra: dict[str, Any] = {}
+        if template is not None:
+            decoder = self._decoder(template)
+            extra["prefix_allowed_tokens_fn"] = decoder.prefix_fn(prompt_len)
+            max_tokens = decoder.max_tokens
         torch.manual_seed(seed)
-        with torch.no_grad():
-            out = self.model.generate(
-                **enc, do_sample=temperature > 0, temperature=max(temperature, 1e-3), top_p=0.95,
-                max_new_tokens=max_tokens, num_return_sequences=n, pad_token_id=pad,
-            )
+        saved = torch.get_num_threads()
+        if self.threads and device.type == "cpu":
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.no_grad():
+                out = self.model.generate(
+                    **enc, do_sample=temperature > 0, temperature=max(temperature, 1e-3), top_p=0.95,
+                    max_new_tokens=max_tokens, num_return_sequences=n, pad_token_id=pad, **extra,
+                )
+        finally:
+            torch.set_num_threads(saved)
         replies = []
         for row in out[:, prompt_len:]:
             toks = row.tolist()
@@ -175,9 +205,3 @@ def make_backend(spec: str, base_url: str | None = None, self_model: Any = None,
     if kind == "openai" and arg:
         return OpenAIBackend(arg, base_url=base_url, api_key_env=api_key_env, timeout=timeout)
     raise SelfpruneError(f"unknown --llm '{spec}': use self, local:PATH or openai:MODEL")
-
-
-def timed_chat(backend: ChatBackend, *args, **kwargs) -> tuple[list[Reply], float]:
-    t0 = time.perf_counter()
-    replies = backend.chat(*args, **kwargs)
-    return replies, time.perf_counter() - t0

@@ -18,7 +18,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, allow_nan=True)
+            json.dump(data, f, indent=1, allow_nan=True, default=str)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from selfprune.search.backends import ChatBackend
+from selfprune.search.constrained import crossover_template, moves_template, shape_template
 from selfprune.search.operators.base import Context, Individual, Operator, Proposal
 from selfprune.search.operators.classic import GAOperator, owl_vector, tournament, uniform_vector
 from selfprune.search.replies import ReplyError, parse_crossover, parse_moves, parse_shape
@@ -44,6 +45,8 @@ class LLMSettings:
     max_moves: int = 3
     temperature: float = 0.9
     crossover: bool = True  # the LLM also picks parents and segments for crossover
+    constrained: bool = True  # fill-in-the-blanks decoding where the backend supports it
+    template_moves: int = 2  # moves per reply under constrained decoding
     shape_tokens: int = 64
     move_tokens: int = 80
     crossover_tokens: int = 40
@@ -107,7 +110,7 @@ class LLMOperator(Operator):
         self.counters = state["counters"]
 
     def _ask(self, ctx: Context, kind: str, prompt: str, n: int, max_tokens: int, schema: dict,
-             parse: Callable[[str], Proposal]) -> list[Proposal]:
+             parse: Callable[[str], Proposal], template: list | None = None) -> list[Proposal]:
         """Ask for ``n`` replies (in batches, with retries) and parse them; returns the proposals
         that could be read, at most ``n``."""
         messages = [{"role": "system", "content": self.system}, {"role": "user", "content": prompt}]
@@ -122,8 +125,8 @@ class LLMOperator(Operator):
                 size = min(missing, self.s.batch)
                 seed = int(ctx.rng.integers(2**31))
                 t0 = time.perf_counter()
-                replies = self.backend.chat(messages, n=size, max_tokens=max_tokens,
-                                            temperature=self.s.temperature, seed=seed, schema=schema)
+                replies = self.backend.chat(messages, n=size, max_tokens=max_tokens, temperature=self.s.temperature,
+                                            seed=seed, schema=schema, template=self._template(template))
                 seconds = time.perf_counter() - t0
                 self.counters["calls"] += 1
                 self.counters["seconds"] += seconds
@@ -161,6 +164,9 @@ class LLMOperator(Operator):
         for p in extra:
             p.origin = f"fallback-{kind}"
         return got + extra
+
+    def _template(self, template: list | None) -> list | None:
+        return template if self.s.constrained and getattr(self.backend, "supports_templates", False) else None
 
     def _llm_count(self, ctx: Context, n: int, kind: str) -> int:
         if kind == "mutate" and ctx.stalled >= self.s.plateau:
@@ -220,7 +226,7 @@ class LLMOperator(Operator):
             return Proposal(vec, "llm-init", events=tuple(events))
 
         got = self._ask(ctx, "initial", prompt, want, self.s.shape_tokens,
-                        _JOINT_SCHEMA if space.joint else _SHAPE_SCHEMA, parse) if want else []
+                        _JOINT_SCHEMA if space.joint else _SHAPE_SCHEMA, parse, shape_template(k, space.joint)) if want else []
         rest = n - len(seeds) - want
         classical = self.fallback.initial(ctx, rest + 1)[1:] if rest > 0 else []  # [0] is uniform again
         got = self._fill(got, want, lambda m: self.fallback.initial(ctx, m + 1)[1:], "init")
@@ -245,7 +251,8 @@ class LLMOperator(Operator):
                 ia, ib, pattern, events = parse_crossover(text, len(shown), segments)
                 return self._mix(ctx, shown[ia], shown[ib], pattern, events)
 
-            got = self._ask(ctx, "crossover", prompt, want, self.s.crossover_tokens, _CROSS_SCHEMA, parse)
+            got = self._ask(ctx, "crossover", prompt, want, self.s.crossover_tokens, _CROSS_SCHEMA, parse,
+                            crossover_template(segments, len(shown)))
             got = self._fill(got, want, lambda m: self.fallback.crossover(ctx, m), "crossover")
         return got + (self.fallback.crossover(ctx, n - len(got)) if n > len(got) else [])
 
@@ -290,7 +297,8 @@ class LLMOperator(Operator):
                 vec = mv.apply(vec, space)
             return Proposal(vec, "llm-mutate", (parent.id,), tuple(moves), tuple(events))
 
-        return self._ask(ctx, "mutate", prompt, count, self.s.move_tokens, _MOVES_SCHEMA, parse)
+        return self._ask(ctx, "mutate", prompt, count, self.s.move_tokens, _MOVES_SCHEMA, parse,
+                         moves_template(self.s.template_moves, L))
 
     def _example_move(self, ctx: Context) -> tuple[int, int]:
         """A plausible example: from the most to the least important layer (by MLP importance)."""
