@@ -112,3 +112,18 @@ def test_invalid_yaml_and_unknown_preset_are_user_errors(tmp_path):
         resolve({"model": "m", "ratio": 0.3, "preset": "huge"})
     assert set(PRESETS) == {"quick", "paper"}
     assert RunConfig.model_fields["model"].is_required()
+
+
+def test_preflight_skips_unreachable_wikitext_only_when_asked_for_auto(tmp_path, default_model_dir, wikitext_test_path):
+    from selfprune.run import preflight
+
+    base = {"model": "default", "ratio": 0.3, "output": {"dir": str(tmp_path / "run")}, "eval": {"tasks": "piqa"}}
+    # Offline (the test session has no hub): `auto` skips perplexity with a warning ...
+    pre = preflight(resolve({**base, "eval": {"ppl": "auto", "tasks": "piqa"}}))
+    assert pre.eval_text is None and "perplexity skipped" in pre.warnings[0] and pre.tasks == ["piqa"]
+    # ... an explicit source must load, and a local file does.
+    with pytest.raises(SelfpruneError, match="WikiText-2"):
+        preflight(resolve({**base, "eval": {"ppl": "wikitext2"}}))
+    pre = preflight(resolve({**base, "eval": {"ppl": str(wikitext_test_path)}}))
+    assert pre.eval_text.source == str(wikitext_test_path.resolve()) and not pre.warnings
+    assert not (tmp_path / "run").exists()
