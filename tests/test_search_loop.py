@@ -115,3 +115,28 @@ def test_sigkill_then_resume_reaches_the_same_result(tmp_path):
     ra = json.loads((ref / "report.json").read_text())["budget"]
     rb = json.loads((killed / "report.json").read_text())["budget"]
     assert ra["evals"] == rb["evals"]  # the generation in flight was redone, not double-counted
+
+
+def test_best_json_loads_as_prune_rates(tmp_path):
+    from selfprune.prune.pipeline import read_rates
+
+    res = run(GAOperator(), SearchConfig(population=4, generations=1, crossover=2, mutation=2), out=tmp_path)[0]
+    attn, mlp = read_rates(tmp_path / "best.json")
+    assert attn == pytest.approx(list(res.best.genome.attn), abs=1e-6)
+    assert mlp == pytest.approx(list(res.best.genome.mlp), abs=1e-6)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["budget"]["total_evals"] == 4 + 4 and set(report) >= {"repairs", "origins", "operator_stats"}
+
+
+@pytest.mark.slow
+def test_cli_search_on_the_default_model(tmp_path):
+    """End to end on the real fitness with a tiny budget, then resume extends nothing."""
+    from selfprune.cli import main
+
+    argv = ["search", "default", "--ratio", "0.3", "--operator", "evopress", "--max-evals", "5", "--crossover", "1",
+            "--mutation", "1", "--fitness-samples", "1", "--fitness-seqlen", "128", "--calib-samples", "4",
+            "--calib-seqlen", "128", "--out", str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert len(best["rates"]) == 30 and abs(best["achieved"] - 0.3) < 0.01
+    assert main(argv + ["--resume"]) == 0

@@ -1,0 +1,31 @@
+"""`selfprune search`: user mistakes fail at the start with one line and exit code 2."""
+
+import json
+
+import pytest
+
+from selfprune.cli import main
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ratio", "0.95"], "outside the rate bounds"),
+    (["--ratio", "0.3", "--min-rate", "0.5", "--max-rate", "0.2"], "rate bounds"),
+    (["--ratio", "0.3", "--llm", "openai:m", "--llm-base-url", "http://127.0.0.1:9/v1"], "cannot reach"),
+    (["--ratio", "0.3", "--llm", "openai:gpt-4o", "--llm-api-key-env", "SELFPRUNE_NO_SUCH_KEY"], "SELFPRUNE_NO_SUCH_KEY"),
+    (["--ratio", "0.3", "--llm", "gpt4"], "unknown --llm"),
+    (["--ratio", "0.3", "--operator", "ga", "--llm-base-url", "http://x/v1"], "only applies"),
+    (["--ratio", "0.3", "--fitness-samples", "2,8", "--stage-keep", "0.5,0.5"], "stage-keep"),
+    (["--ratio", "0.3", "--fitness-samples", "a"], "comma-separated"),
+])
+def test_bad_input_fails_fast(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SELFPRUNE_NO_SUCH_KEY", raising=False)
+    rc = main(["search", "default", *argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_existing_search_needs_resume(tmp_path, capsys):
+    (tmp_path / "checkpoint.json").write_text(json.dumps({}))
+    rc = main(["search", "default", "--ratio", "0.3", "--operator", "ga", "--out", str(tmp_path)])
+    assert rc == 2 and "--resume" in capsys.readouterr().err
