@@ -29,22 +29,25 @@ def _rows(head_ids: list[int], head_dim: int, device) -> torch.Tensor:
 
 
 def _sliced_linear(old: nn.Linear, rows=None, cols=None, extra_bias=None) -> nn.Linear:
-    w = old.weight
-    if rows is not None:
-        w = w.index_select(0, rows)
-    if cols is not None:
-        w = w.index_select(1, cols)
-    bias = old.bias
-    if bias is not None and rows is not None:
-        bias = bias.index_select(0, rows)
+    """A new Linear holding the selected rows/columns of ``old`` (fresh tensors, ``old`` untouched)."""
+    w = old.weight.detach()
+    w = w.index_select(0, rows) if rows is not None else w
+    w = w.index_select(1, cols) if cols is not None else w
+    if w is old.weight or w.data_ptr() == old.weight.data_ptr():
+        w = w.clone()
+    bias = old.bias.detach() if old.bias is not None else None
+    if bias is not None:
+        bias = bias.index_select(0, rows) if rows is not None else bias.clone()
     if extra_bias is not None:
-        bias = extra_bias if bias is None else bias + extra_bias
-    new = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if bias is not None:
-            new.bias.copy_(bias)
-    new.requires_grad_(old.weight.requires_grad)
+        bias = extra_bias.to(w) if bias is None else bias + extra_bias.to(w)
+    # skip_init: no random initialisation of weights that are replaced at once (it would cost
+    # more than the forward pass a search candidate is scored with).
+    new = torch.nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], bias=bias is not None,
+                                   device=w.device, dtype=w.dtype)
+    trainable = old.weight.requires_grad
+    new.weight = nn.Parameter(w, requires_grad=trainable)
+    if bias is not None:
+        new.bias = nn.Parameter(bias, requires_grad=trainable)
     return new
 
 
