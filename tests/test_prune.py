@@ -132,3 +132,26 @@ def test_activation_statistics_match_direct_computation():
     torch.testing.assert_close(stats.mean(), full.mean(0))
     torch.testing.assert_close(stats.variance(), full.var(0), rtol=1e-3, atol=0)
     torch.testing.assert_close(stats.norm(), full.pow(2).sum(0).sqrt())
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_ordered_channels_preserve_function_and_serve_views(tiny_model, family):
+    """Ordering MLP channels by importance changes nothing; the view of a plan then shares storage."""
+    from selfprune.prune.apply import order_mlp_channels
+
+    model = tiny_model(family)
+    adapter = get_adapter(model)
+    x = torch.randint(0, 128, (2, 24))
+    scores = compute_importance(adapter, torch.randint(0, 128, (4, 32)), "flap", progress=False)
+    with torch.no_grad():
+        before = model(x).logits
+        ordered = order_mlp_channels(adapter, scores)
+        torch.testing.assert_close(model(x).logits, before, rtol=1e-5, atol=1e-5)
+        plan = make_plan(adapter, ordered.head_scores, ordered.channel_scores, [0.3] * 3, [0.4, 0.7, 0.0])
+        assert plan.layers[0].channels == list(range(plan.layers[0].intermediate_size))
+        with pruned_view(adapter, plan, ordered, bias_compensation=True):
+            down = adapter.mlp(0).down_proj.weight
+            viewed = model(x).logits
+        assert down.data_ptr() == adapter.mlp(0).down_proj.weight.data_ptr()  # a view, not a copy
+        apply_plan(adapter, plan, ordered, bias_compensation=True)
+        torch.testing.assert_close(model(x).logits, viewed, rtol=1e-5, atol=1e-5)

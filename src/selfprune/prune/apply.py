@@ -9,6 +9,7 @@ one forward pass of the smaller model; no model copy and no new calibration pass
 from __future__ import annotations
 
 import copy
+import dataclasses
 from contextlib import contextmanager
 
 import torch
@@ -43,7 +44,7 @@ def _sliced_linear(old: nn.Linear, rows=None, cols=None, extra_bias=None) -> nn.
     # skip_init: no random initialisation of weights that are replaced at once (it would cost
     # more than the forward pass a search candidate is scored with).
     new = torch.nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], bias=bias is not None,
-                                   device=w.device, dtype=w.dtype)
+                                   device="meta", dtype=w.dtype)
     trainable = old.weight.requires_grad
     new.weight = nn.Parameter(w, requires_grad=trainable)
     if bias is not None:
@@ -98,7 +99,22 @@ def pruned_attention(adapter: ModelAdapter, idx: int, attn: nn.Module, lp: Layer
     return new
 
 
-def pruned_mlp(adapter: ModelAdapter, mlp: nn.Module, lp: LayerPlan, mean=None) -> nn.Module:
+def _prefix_linear(old: nn.Linear, rows: int | None = None, cols: int | None = None, extra_bias=None) -> nn.Linear:
+    """A Linear whose weight is a view of the first rows/columns of ``old``: no copy at all."""
+    w = old.weight[:rows] if rows is not None else old.weight[:, :cols]
+    bias = old.bias
+    if bias is not None and rows is not None:
+        bias = bias[:rows]
+    if extra_bias is not None:
+        bias = extra_bias.to(w) if bias is None else bias + extra_bias.to(w)
+    new = torch.nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], bias=bias is not None,
+                                   device="meta", dtype=w.dtype)
+    new.weight = nn.Parameter(w, requires_grad=False)
+    new.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
+    return new
+
+
+def pruned_mlp(adapter: ModelAdapter, mlp: nn.Module, lp: LayerPlan, mean=None, views: bool = False) -> nn.Module:
     device = mlp.down_proj.weight.device
     extra = None
     cols = torch.tensor(lp.channels, dtype=torch.long, device=device)
@@ -114,9 +130,15 @@ def pruned_mlp(adapter: ModelAdapter, mlp: nn.Module, lp: LayerPlan, mean=None) 
                 skipped.bias.copy_(bias)
         return skipped
     new = _shallow_copy(mlp)
-    new.gate_proj = _sliced_linear(mlp.gate_proj, rows=cols)
-    new.up_proj = _sliced_linear(mlp.up_proj, rows=cols)
-    new.down_proj = _sliced_linear(mlp.down_proj, cols=cols, extra_bias=extra)
+    n = lp.intermediate_size
+    if views and lp.channels[-1] == n - 1:  # the kept channels are a prefix (see order_mlp_channels)
+        new.gate_proj = _prefix_linear(mlp.gate_proj, rows=n)
+        new.up_proj = _prefix_linear(mlp.up_proj, rows=n)
+        new.down_proj = _prefix_linear(mlp.down_proj, cols=n, extra_bias=extra)
+    else:
+        new.gate_proj = _sliced_linear(mlp.gate_proj, rows=cols)
+        new.up_proj = _sliced_linear(mlp.up_proj, rows=cols)
+        new.down_proj = _sliced_linear(mlp.down_proj, cols=cols, extra_bias=extra)
     if hasattr(new, "intermediate_size"):
         new.intermediate_size = lp.intermediate_size
     return new
@@ -127,7 +149,8 @@ def _check_dense(adapter: ModelAdapter) -> None:
         raise SelfpruneError("this model is already pruned; prune the dense model it came from instead")
 
 
-def _swap_in(adapter: ModelAdapter, plan: PruningPlan, scores: ImportanceScores | None, bias_compensation: bool):
+def _swap_in(adapter: ModelAdapter, plan: PruningPlan, scores: ImportanceScores | None, bias_compensation: bool,
+             views: bool = False):
     if len(plan.layers) != adapter.num_layers:
         raise SelfpruneError(f"the plan has {len(plan.layers)} layers, the model {adapter.num_layers}")
     if bias_compensation and scores is None:
@@ -139,7 +162,7 @@ def _swap_in(adapter: ModelAdapter, plan: PruningPlan, scores: ImportanceScores 
         attn_mean = scores.attn_input_mean[i] if bias_compensation else None
         mlp_mean = scores.mlp_input_mean[i] if bias_compensation else None
         adapter.set_attention(i, pruned_attention(adapter, i, attn, lp, attn_mean))
-        adapter.set_mlp(i, pruned_mlp(adapter, mlp, lp, mlp_mean))
+        adapter.set_mlp(i, pruned_mlp(adapter, mlp, lp, mlp_mean, views=views))
     return originals
 
 
@@ -154,11 +177,35 @@ def pruned_view(adapter: ModelAdapter, plan: PruningPlan, scores: ImportanceScor
                 bias_compensation: bool = False):
     """Temporarily run ``adapter.model`` as if pruned by ``plan``; the dense model is restored after."""
     _check_dense(adapter)
-    originals = _swap_in(adapter, plan, scores, bias_compensation)
+    originals = _swap_in(adapter, plan, scores, bias_compensation, views=True)
     try:
         yield adapter.model
     finally:
         _restore(adapter, originals)
+
+
+@torch.no_grad()
+def order_mlp_channels(adapter: ModelAdapter, scores: ImportanceScores) -> ImportanceScores:
+    """Permute every MLP's channels, in place, by descending importance; return the scores to match.
+
+    A function-preserving permutation (gate/up rows and down columns move together). Afterwards
+    "keep the n best channels" is the prefix 0..n-1, which ``pruned_view`` serves as views of the
+    dense weights: a search candidate's MLPs then cost no copy at all.
+    """
+    _check_dense(adapter)
+    channel_scores, mlp_means = [], []
+    for i in range(adapter.num_layers):
+        order = scores.channel_scores[i].argsort(descending=True, stable=True)
+        mlp = adapter.mlp(i)
+        idx = order.to(mlp.down_proj.weight.device)
+        for lin in (mlp.gate_proj, mlp.up_proj):
+            lin.weight.copy_(lin.weight.index_select(0, idx))
+            if lin.bias is not None:
+                lin.bias.copy_(lin.bias.index_select(0, idx))
+        mlp.down_proj.weight.copy_(mlp.down_proj.weight.index_select(1, idx))
+        channel_scores.append(scores.channel_scores[i][order])
+        mlp_means.append(scores.mlp_input_mean[i][order.to(scores.mlp_input_mean[i].device)])
+    return dataclasses.replace(scores, channel_scores=channel_scores, mlp_input_mean=mlp_means)
 
 
 def layer_specs(adapter: ModelAdapter) -> list[dict]:

@@ -144,7 +144,7 @@ def _plan_mlp(scores: torch.Tensor, rate: float, multiple: int) -> list[int]:
     width = scores.numel()
     keep = int(round((1 - rate) * width / multiple)) * multiple
     keep = max(0, min(width, keep))
-    return scores.argsort(descending=True)[:keep].sort().values.tolist()
+    return scores.argsort(descending=True, stable=True)[:keep].sort().values.tolist()
 
 
 def validate_rates(rates, num_layers: int, what: str) -> list[float]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from selfprune.data.calibration import calibration_text, token_blocks
 from selfprune.errors import SelfpruneError
 from selfprune.models.adapter import ModelAdapter, get_adapter
-from selfprune.prune.apply import pruned_view
+from selfprune.prune.apply import order_mlp_channels, pruned_view
 from selfprune.prune.importance import ImportanceScores, compute_importance
 from selfprune.prune.plan import attention_levels, geometry, make_plan
 from selfprune.prune.pipeline import check_metric, check_ratio
@@ -142,7 +142,8 @@ def build_search_problem(
     if bias_compensation is None:
         bias_compensation = metric == "flap"
     blocks = calibration_blocks(tokenizer, calib, calib_samples, calib_seqlen, seed)
-    scores = compute_importance(adapter, blocks, metric, progress=progress)
+    # Best channels first, so that candidates' MLPs are served as views of the dense weights.
+    scores = order_mlp_channels(adapter, compute_importance(adapter, blocks, metric, progress=progress))
     fitness_all = token_blocks(tokenizer, calibration_text(calib), stages[-1], fitness_seqlen, seed=seed + 1,
                                split="second")
     stage_blocks = [fitness_all[:n] for n in stages]
