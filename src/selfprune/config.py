@@ -42,7 +42,7 @@ class PruneSection(Section):
     calib_seqlen: int = Field(256, ge=2, description="tokens per calibration sequence")
     attn_granularity: Literal["head", "group"] = Field("head", description="head: any query heads per kept KV group; group: whole KV groups")
     mlp_multiple: int = Field(1, ge=1, description="round MLP widths to a multiple of K")
-    bias_compensation: bool | None = Field(None, description="compensate removed channels in the output bias (default: on for flap)")
+    bias_compensation: bool | None = Field(None, description="compensate removed channels in the output bias (default: on, off for magnitude)")
 
 
 class SearchSection(Section):

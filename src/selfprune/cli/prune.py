@@ -31,7 +31,8 @@ def add_pruning_options(p: argparse.ArgumentParser) -> None:
                    help="head: any number of query heads per kept KV group (default); group: whole KV groups only")
     p.add_argument("--mlp-multiple", type=int, default=1, metavar="K", help="round MLP widths to a multiple of K (e.g. 8, 32)")
     p.add_argument("--bias-compensation", action=argparse.BooleanOptionalAction, default=None,
-                   help="add the mean contribution of removed channels to the output bias (default: on for flap)")
+                   help="add the mean contribution of removed channels to the output bias, as FLAP does (default: on, off for magnitude; "
+                        "--no-bias-compensation gives plain Wanda-sp as in Self-Pruner)")
     p.add_argument("--seed", type=int, default=0, help="random seed (calibration sampling)")
 
 

@@ -116,11 +116,18 @@ def _prefix_linear(old: nn.Linear, rows: int | None = None, cols: int | None = N
 
 def pruned_mlp(adapter: ModelAdapter, mlp: nn.Module, lp: LayerPlan, mean=None, views: bool = False) -> nn.Module:
     device = mlp.down_proj.weight.device
-    extra = None
+    n = lp.intermediate_size
+    # Kept channels 0..n-1 (see order_mlp_channels): serve views, and compensate from a view too.
+    prefix = views and n > 0 and lp.channels[-1] == n - 1
     cols = torch.tensor(lp.channels, dtype=torch.long, device=device)
+    extra = None
     if mean is not None:
-        extra = _compensation(mlp.down_proj.weight, mean, _removed(mlp.down_proj.in_features, cols))
-    if lp.intermediate_size == 0:
+        w = mlp.down_proj.weight
+        if prefix:
+            extra = w[:, n:] @ mean.to(w)[n:]
+        else:
+            extra = _compensation(w, mean, _removed(mlp.down_proj.in_features, cols))
+    if n == 0:
         bias = mlp.down_proj.bias
         if extra is not None:
             bias = extra if bias is None else bias + extra
@@ -130,8 +137,7 @@ def pruned_mlp(adapter: ModelAdapter, mlp: nn.Module, lp: LayerPlan, mean=None, 
                 skipped.bias.copy_(bias)
         return skipped
     new = _shallow_copy(mlp)
-    n = lp.intermediate_size
-    if views and lp.channels[-1] == n - 1:  # the kept channels are a prefix (see order_mlp_channels)
+    if prefix:
         new.gate_proj = _prefix_linear(mlp.gate_proj, rows=n)
         new.up_proj = _prefix_linear(mlp.up_proj, rows=n)
         new.down_proj = _prefix_linear(mlp.down_proj, cols=n, extra_bias=extra)
@@ -140,7 +146,7 @@ def pruned_mlp(adapter: ModelAdapter, mlp: nn.Module, lp: LayerPlan, mean=None, 
         new.up_proj = _sliced_linear(mlp.up_proj, rows=cols)
         new.down_proj = _sliced_linear(mlp.down_proj, cols=cols, extra_bias=extra)
     if hasattr(new, "intermediate_size"):
-        new.intermediate_size = lp.intermediate_size
+        new.intermediate_size = n
     return new
 
 

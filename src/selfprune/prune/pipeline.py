@@ -18,6 +18,17 @@ from selfprune.prune.importance import METRICS, ImportanceScores, compute_import
 from selfprune.prune.plan import PruningPlan, make_plan, prunable_params
 
 
+def default_bias_compensation(metric: str) -> bool:
+    """Bias compensation is on for the activation-based metrics, off for magnitude (no activations).
+
+    Adding the mean contribution of removed channels to the output bias (FLAP) costs one vector per
+    block and matters enormously for attention: on SmolLM2 at a uniform 30%, wanda-sp gives a
+    WikiText-2 perplexity of 2487 without it and 371 with it (4x512 tokens).
+    ``bias_compensation=False`` gives plain Wanda-sp, as in Self-Pruner.
+    """
+    return metric != "magnitude"
+
+
 def check_ratio(ratio: float) -> float:
     if ratio is None or math.isnan(float(ratio)) or not 0.0 <= float(ratio) < 1.0:
         raise SelfpruneError(f"ratio {ratio} is outside [0, 1): it is the fraction of attention/MLP parameters to remove")
@@ -129,7 +140,7 @@ def prune_model(
     elif mlp_rates is None:
         mlp_rates = attn_rates
     if bias_compensation is None:
-        bias_compensation = metric == "flap"
+        bias_compensation = default_bias_compensation(metric)
     torch.manual_seed(seed)
     if scores is None:
         blocks = None

@@ -26,7 +26,7 @@ from selfprune.models.adapter import ModelAdapter, get_adapter
 from selfprune.prune.apply import order_mlp_channels, pruned_view
 from selfprune.prune.importance import ImportanceScores, compute_importance
 from selfprune.prune.plan import attention_levels, geometry, make_plan
-from selfprune.prune.pipeline import check_metric, check_ratio
+from selfprune.prune.pipeline import check_metric, check_ratio, default_bias_compensation
 
 FITNESS_KINDS = ("ppl", "kl")
 
@@ -140,7 +140,7 @@ def build_search_problem(
         raise SelfpruneError(f"fitness samples per stage must be positive and non-decreasing, got {stages}")
     adapter = get_adapter(model)
     if bias_compensation is None:
-        bias_compensation = metric == "flap"
+        bias_compensation = default_bias_compensation(metric)
     blocks = calibration_blocks(tokenizer, calib, calib_samples, calib_seqlen, seed)
     # Best channels first, so that candidates' MLPs are served as views of the dense weights.
     scores = order_mlp_channels(adapter, compute_importance(adapter, blocks, metric, progress=progress))
