@@ -9,8 +9,11 @@ WikiText-2 test split is fair to evaluate on.
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from selfprune.errors import SelfpruneError
 
@@ -58,8 +61,25 @@ def _load_file(path: Path) -> EvalText:
     return EvalText(text=text, source=str(path.resolve()), join=FILE_JOIN)
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers at all: offline, `datasets` would retry for half a minute."""
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_wikitext2_hub() -> EvalText:
     name, config, split = WIKITEXT2_HUB
+    cache_only = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if not cache_only and not _hub_reachable():
+        raise SelfpruneError(
+            "could not load WikiText-2: the Hugging Face hub cannot be reached; pass the path of a local copy "
+            "instead (e.g. --ppl path/to/wiki.test.raw), or set HF_DATASETS_OFFLINE=1 to use a cached copy"
+        )
     try:
         import datasets
 
