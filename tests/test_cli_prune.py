@@ -111,3 +111,19 @@ def test_missing_and_unsupported_models(tmp_path):
 
     AutoTokenizer.from_pretrained(default_model_dir()).save_pretrained(gpt2)
     _assert_clean_error(selfprune("prune", gpt2, "--ratio", "0.3", "--out", out), "unsupported architecture 'gpt2'", out)
+
+
+def test_pruned_checkpoint_records_its_dense_model(tmp_path, tiny_model):
+    """`selfprune bench` finds the baseline from the checkpoint's record."""
+    from transformers import AutoModelForCausalLM
+
+    from selfprune.cli.bench import recorded_baseline
+    from selfprune.prune.checkpoint import save_pruned
+    from selfprune.prune.pipeline import prune_model
+
+    dense_dir = tmp_path / "dense"
+    tiny_model("llama").save_pretrained(dense_dir)
+    model = AutoModelForCausalLM.from_pretrained(dense_dir)
+    result = prune_model(model, None, ratio=0.3, metric="magnitude", progress=False)
+    out = save_pruned(result.model, None, tmp_path / "pruned")
+    assert recorded_baseline(str(out)) == str(dense_dir)

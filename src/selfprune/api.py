@@ -16,12 +16,16 @@ def prune(model, tokenizer=None, ratio: float | None = None, rates=None, **optio
     """
     from selfprune.prune.pipeline import parse_rates
 
-    if isinstance(model, str):
-        model, tokenizer = load_model(model)
+    name = model if isinstance(model, str) else None
+    if name is not None:
+        model, tokenizer = load_model(name)
     attn_rates = mlp_rates = None
     if rates is not None:
         attn_rates, mlp_rates = parse_rates(rates)
-    return prune_model(model, tokenizer, ratio=ratio, attn_rates=attn_rates, mlp_rates=mlp_rates, **options)
+    result = prune_model(model, tokenizer, ratio=ratio, attn_rates=attn_rates, mlp_rates=mlp_rates, **options)
+    if name is not None:
+        result.model.config.selfprune["base_model"] = name  # `selfprune bench` compares against it
+    return result
 
 
 def load_pruned(path: str):

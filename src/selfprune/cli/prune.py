@@ -80,6 +80,7 @@ def run(args) -> int:
         bias_compensation=args.bias_compensation,
     )
     result.summary["model"] = args.model
+    result.model.config.selfprune["base_model"] = args.model  # `selfprune bench` compares against it
     out = result.save(args.out)
     print_summary(result.summary)
     print(f"saved to {out}")

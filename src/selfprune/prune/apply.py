@@ -237,6 +237,7 @@ def apply_plan(adapter: ModelAdapter, plan: PruningPlan, scores: ImportanceScore
     config.selfprune = {
         "version": __version__,
         "base_model_type": config.model_type,
+        "base_model": getattr(config, "_name_or_path", None) or None,  # where the dense model came from
         "layers": layer_specs(adapter),
         "attn_granularity": plan.attn_granularity,
         "mlp_multiple": plan.mlp_multiple,
