@@ -17,7 +17,7 @@ The per-channel means are kept for FLAP's bias compensation, and a per-layer out
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -40,7 +40,6 @@ class ImportanceScores:
     mlp_input_mean: list[torch.Tensor]  # per layer: mean input of down_proj, (intermediate_size,)
     outlier_ratio: torch.Tensor  # (num_layers,)
     calib_tokens: int
-    extra: dict = field(default_factory=dict)
 
 
 class _Stats:

@@ -143,7 +143,6 @@ def prune_model(
         bias_compensation = default_bias_compensation(metric)
     torch.manual_seed(seed)
     if scores is None:
-        blocks = None
         if metric != "magnitude" or bias_compensation:
             blocks = calibration_blocks(tokenizer, calib, calib_samples, calib_seqlen, seed)
         else:

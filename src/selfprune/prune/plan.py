@@ -17,7 +17,7 @@ chosen, ties broken by the importance it retains; within it the best groups and 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -53,7 +53,6 @@ class PruningPlan:
     mlp_rates: list[float]  # requested
     attn_granularity: str = "head"
     mlp_multiple: int = 1
-    info: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
