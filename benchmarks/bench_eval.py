@@ -18,7 +18,7 @@ import time
 import torch
 
 from selfprune.api import prune
-from selfprune.cli.eval import versions
+from selfprune.versions import versions
 from selfprune.eval.perplexity import perplexity
 from selfprune.eval.speed import format_speed_table, format_table, speed
 from selfprune.eval.zeroshot import zeroshot

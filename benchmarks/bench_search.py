@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     from selfprune.models import load_model
     from selfprune.models.adapter import get_adapter
     from selfprune.prune.apply import pruned_view
-    from selfprune.search.api import versions
+    from selfprune.versions import versions
     from selfprune.search.backends import LocalBackend, OpenAIBackend
     from selfprune.search.fitness import build_search_problem
     from selfprune.search.genome import GenomeSpace

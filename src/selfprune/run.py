@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.metadata
 import json
 import logging
 import math
@@ -33,7 +32,6 @@ CONFIG = "config.yaml"
 ENVIRONMENT = "environment.json"
 LOG = "run.log"
 RESULTS_FORMAT = 1
-PACKAGES = ("selfprune", "torch", "transformers", "lm_eval", "datasets", "numpy", "pydantic", "matplotlib")
 
 log = logging.getLogger("selfprune.run")
 
@@ -177,14 +175,10 @@ def _logging(log_path: Path, quiet: bool):
 def environment(cfg: RunConfig, device: str, argv: list[str] | None) -> dict:
     import torch
 
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
+    from selfprune.versions import versions
+
     return {
-        "versions": versions,
+        "versions": versions(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": device,

@@ -54,7 +54,8 @@ def parse_ints(text: str, flag: str, pairs: bool = False) -> list:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from selfprune.cli.eval import check_writable, versions, write_json
+    from selfprune.cli.eval import check_writable, write_json
+    from selfprune.versions import versions
     from selfprune.models.loading import resolve_model_path
 
     for name in ("repeats", "decode_tokens"):

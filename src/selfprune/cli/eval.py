@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from selfprune.errors import SelfpruneError
+from selfprune.versions import versions
 
 
 def register(subparsers) -> None:
@@ -91,18 +92,6 @@ def format_zeroshot_table(result: dict) -> str:
     limit = result["protocol"]["limit"]
     note = f"\n(first {limit} documents per task: not comparable with full-set numbers)" if limit else ""
     return format_table(["task", "acc %", "acc_norm %", "in average", "docs"], lines) + note
-
-
-def versions() -> dict:
-    import importlib.metadata
-
-    out = {}
-    for package in ("selfprune", "torch", "transformers", "lm_eval", "datasets"):
-        try:
-            out[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            out[package] = None
-    return out
 
 
 def check_writable(path: str) -> None:

@@ -6,30 +6,16 @@ server reachable, model served, API key present) is checked before the model is 
 
 from __future__ import annotations
 
-import importlib.metadata
-import platform
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from selfprune.errors import SelfpruneError
-from selfprune.search.checkpoint import atomic_write_json
+from selfprune.atomic import atomic_write_json
 from selfprune.search.genome import GenomeSpace
 from selfprune.search.loop import Search, SearchResult
+from selfprune.versions import versions
 from selfprune.search.strategies import OPERATORS, make_operator, strategy_config
-
-PACKAGES = ("selfprune", "torch", "transformers", "numpy", "openai")
-
-
-def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
 
 def check_target(ratio: float, bounds: tuple[float, float]) -> None:
     """Fail early when no genome within the bounds can meet the target."""

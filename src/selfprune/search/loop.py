@@ -20,7 +20,8 @@ import numpy as np
 
 from selfprune.errors import SelfpruneError
 from selfprune.search.budget import Budget
-from selfprune.search.checkpoint import Transcript, atomic_write_json
+from selfprune.atomic import atomic_write_json
+from selfprune.search.checkpoint import Transcript
 from selfprune.search.evaluator import Evaluator
 from selfprune.search.genome import Genome, GenomeSpace, RepairStats
 from selfprune.search.operators.base import Context, Individual, MoveRecord, Operator, Proposal
