@@ -53,8 +53,8 @@ def sync(device):
 def candidate_vs_dense(model, scores, ratio, tokens, repeats=5):
     """Seconds of one search candidate (pruned view built + forward) vs one dense forward."""
     from selfprune.models import get_adapter
-    from selfprune.prune.apply import pruned_view
-    from selfprune.prune.plan import make_plan
+    from selfprune.pruning.apply import pruned_view
+    from selfprune.pruning.plan import make_plan
 
     adapter = get_adapter(model)
     n = adapter.num_layers
@@ -75,9 +75,9 @@ def candidate_vs_dense(model, scores, ratio, tokens, repeats=5):
 def main(argv=None):
     from selfprune.eval.speed import format_speed_table, speed
     from selfprune.models import get_adapter
-    from selfprune.prune.apply import pruned_view
-    from selfprune.prune.importance import compute_importance
-    from selfprune.prune.pipeline import prune_model
+    from selfprune.pruning.apply import pruned_view
+    from selfprune.pruning.importance import compute_importance
+    from selfprune.pruning.pipeline import prune_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))

@@ -78,15 +78,15 @@ def main(argv=None) -> int:
     from selfprune.eval.perplexity import perplexity
     from selfprune.models import load_model
     from selfprune.models.adapter import get_adapter
-    from selfprune.prune.apply import pruned_view
+    from selfprune.pruning.apply import pruned_view
     from selfprune.versions import versions
-    from selfprune.search.backends import LocalBackend, OpenAIBackend
-    from selfprune.search.fitness import build_search_problem
-    from selfprune.search.genome import GenomeSpace
-    from selfprune.search.loop import Search, SearchConfig
-    from selfprune.search.operators.classic import EvoPressOperator
-    from selfprune.search.operators.llm import LLMSettings
-    from selfprune.search.strategies import make_operator, strategy_config
+    from selfprune.evolution.llm.backends import LocalBackend, OpenAIBackend
+    from selfprune.evolution.fitness import build_search_problem
+    from selfprune.evolution.genome import GenomeSpace
+    from selfprune.evolution.loop import Search, SearchConfig
+    from selfprune.evolution.operators.classic import EvoPressOperator
+    from selfprune.evolution.llm.operator import LLMSettings
+    from selfprune.evolution.strategies import make_operator, strategy_config
 
     operators = [o for o in args.operators.split(",") if o]
     openai_backend = None

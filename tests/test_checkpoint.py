@@ -10,10 +10,10 @@ from conftest import FAMILIES
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selfprune.models import get_adapter, load_model
-from selfprune.prune.apply import apply_plan
-from selfprune.prune.checkpoint import save_pruned
-from selfprune.prune.importance import compute_importance
-from selfprune.prune.plan import make_plan
+from selfprune.pruning.apply import apply_plan
+from selfprune.pruning.checkpoint import save_pruned
+from selfprune.pruning.importance import compute_importance
+from selfprune.pruning.plan import make_plan
 
 
 @pytest.mark.parametrize("family", FAMILIES)

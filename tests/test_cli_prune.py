@@ -34,10 +34,10 @@ def test_default_model_removal_equals_masking(default_model):
     """Physically removing heads/channels of the real default model equals zeroing them."""
     from test_prune import zero_pruned_units
 
-    from selfprune.prune.apply import pruned_view
-    from selfprune.prune.importance import compute_importance
-    from selfprune.prune.pipeline import calibration_blocks
-    from selfprune.prune.plan import make_plan
+    from selfprune.pruning.apply import pruned_view
+    from selfprune.pruning.importance import compute_importance
+    from selfprune.pruning.pipeline import calibration_blocks
+    from selfprune.pruning.plan import make_plan
 
     model, tokenizer = default_model
     adapter = get_adapter(model)
@@ -118,8 +118,8 @@ def test_pruned_checkpoint_records_its_dense_model(tmp_path, tiny_model):
     from transformers import AutoModelForCausalLM
 
     from selfprune.cli.bench import recorded_baseline
-    from selfprune.prune.checkpoint import save_pruned
-    from selfprune.prune.pipeline import prune_model
+    from selfprune.pruning.checkpoint import save_pruned
+    from selfprune.pruning.pipeline import prune_model
 
     dense_dir = tmp_path / "dense"
     tiny_model("llama").save_pretrained(dense_dir)

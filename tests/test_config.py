@@ -115,7 +115,7 @@ def test_invalid_yaml_and_unknown_preset_are_user_errors(tmp_path):
 
 
 def test_preflight_skips_unreachable_wikitext_only_when_asked_for_auto(tmp_path, default_model_dir, wikitext_test_path):
-    from selfprune.run import preflight
+    from selfprune.runner import preflight
 
     base = {"model": "default", "ratio": 0.3, "output": {"dir": str(tmp_path / "run")}, "eval": {"tasks": "piqa"}}
     # Offline (the test session has no hub): `auto` skips perplexity with a warning ...

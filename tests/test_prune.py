@@ -8,9 +8,9 @@ from conftest import FAMILIES
 
 from selfprune.errors import SelfpruneError
 from selfprune.models import get_adapter
-from selfprune.prune.apply import apply_plan, pruned_view
-from selfprune.prune.importance import compute_importance
-from selfprune.prune.plan import attention_levels, make_plan, prunable_params
+from selfprune.pruning.apply import apply_plan, pruned_view
+from selfprune.pruning.importance import compute_importance
+from selfprune.pruning.plan import attention_levels, make_plan, prunable_params
 
 ATTN = [0.3, 1.0, 0.6]
 MLP = [0.5, 0.2, 1.0]
@@ -105,7 +105,7 @@ def test_unsupported_architecture_lists_supported():
 def test_flap_bias_compensation_beats_plain_removal(default_model):
     """On the real default model, FLAP's bias compensation lowers the loss of the pruned model."""
     from selfprune.models import load_model
-    from selfprune.prune.pipeline import calibration_blocks, prune_model
+    from selfprune.pruning.pipeline import calibration_blocks, prune_model
 
     _, tokenizer = default_model
     eval_ids = calibration_blocks(tokenizer, samples=2, seqlen=128, seed=1)
@@ -121,7 +121,7 @@ def test_flap_bias_compensation_beats_plain_removal(default_model):
 
 def test_activation_statistics_match_direct_computation():
     """The streamed per-channel statistics equal those of all activations at once (float64)."""
-    from selfprune.prune.importance import _Stats
+    from selfprune.pruning.importance import _Stats
 
     torch.manual_seed(0)
     batches = [torch.randn(3, 50, 8) * 0.01 + 1000.0 for _ in range(4)]  # large mean, small spread
@@ -137,7 +137,7 @@ def test_activation_statistics_match_direct_computation():
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_ordered_channels_preserve_function_and_serve_views(tiny_model, family):
     """Ordering MLP channels by importance changes nothing; the view of a plan then shares storage."""
-    from selfprune.prune.apply import order_mlp_channels
+    from selfprune.pruning.apply import order_mlp_channels
 
     model = tiny_model(family)
     adapter = get_adapter(model)

@@ -18,11 +18,11 @@ from selfprune.report.plots import convergence
 def run_dir(tmp_path, tiny_model):
     """A run directory with two searches (GA, EvoPress), a tiny pruned model and its speed."""
     from selfprune.eval.speed import count_params, speed
-    from selfprune.prune.pipeline import prune_model
-    from selfprune.run import _MedianSearch
-    from selfprune.search.genome import GenomeSpace
-    from selfprune.search.strategies import make_operator, strategy_config
-    from selfprune.search.synthetic import synthetic_problem
+    from selfprune.pruning.pipeline import prune_model
+    from selfprune.runner import _MedianSearch
+    from selfprune.evolution.genome import GenomeSpace
+    from selfprune.evolution.strategies import make_operator, strategy_config
+    from synthetic import synthetic_problem
 
     problem = synthetic_problem(3)
     space = GenomeSpace.from_problem(problem, 0.3)

@@ -12,11 +12,11 @@ import urllib.request
 import pytest
 
 from selfprune.errors import SelfpruneError
-from selfprune.search.backends import LocalBackend, OpenAIBackend, make_backend
-from selfprune.search.genome import GenomeSpace
-from selfprune.search.loop import Search, SearchConfig
-from selfprune.search.operators.llm import LLMOperator, LLMSettings
-from selfprune.search.synthetic import synthetic_problem
+from selfprune.evolution.llm.backends import LocalBackend, OpenAIBackend, make_backend
+from selfprune.evolution.genome import GenomeSpace
+from selfprune.evolution.loop import Search, SearchConfig
+from selfprune.evolution.llm.operator import LLMOperator, LLMSettings
+from synthetic import synthetic_problem
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -131,8 +131,8 @@ def test_self_operator_runs_a_generation(default_model):
 def test_template_decoding_always_parses(default_model):
     """Fill-in-the-blanks decoding: the default model's replies always parse, with layer indices
     and amounts inside their ranges."""
-    from selfprune.search.constrained import crossover_template, moves_template, shape_template
-    from selfprune.search.replies import parse_shape
+    from selfprune.evolution.llm.constrained import crossover_template, moves_template, shape_template
+    from selfprune.evolution.llm.replies import parse_shape
 
     model, tokenizer = default_model
     backend = LocalBackend(model, tokenizer, "self")

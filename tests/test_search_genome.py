@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from selfprune.errors import SelfpruneError
-from selfprune.search.genome import GenomeSpace, RepairStats
+from selfprune.evolution.genome import GenomeSpace, RepairStats
 
 ATTN_LEVELS = [0, 0.25, 1 / 3, 0.5, 2 / 3, 0.75, 5 / 6, 1.0]
 MLP_LEVELS = np.arange(49) / 48

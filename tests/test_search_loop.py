@@ -2,6 +2,7 @@
 staged selection, and checkpoint/resume (in process and after SIGKILL)."""
 
 import json
+from pathlib import Path
 import os
 import signal
 import subprocess
@@ -12,10 +13,10 @@ import numpy as np
 import pytest
 
 from selfprune.errors import SelfpruneError
-from selfprune.search.genome import GenomeSpace
-from selfprune.search.loop import Search, SearchConfig
-from selfprune.search.operators.classic import EvoPressOperator, FixedOperator, GAOperator, RandomOperator
-from selfprune.search.synthetic import synthetic_problem
+from selfprune.evolution.genome import GenomeSpace
+from selfprune.evolution.loop import Search, SearchConfig
+from selfprune.evolution.operators.classic import EvoPressOperator, FixedOperator, GAOperator, RandomOperator
+from synthetic import synthetic_problem
 
 
 def run(op, cfg, target=0.4, out=None, resume=False, layers=16, **kw):
@@ -75,15 +76,16 @@ def test_resume_refuses_other_settings(tmp_path):
 
 SCRIPT = """
 import sys
-from selfprune.search.genome import GenomeSpace
-from selfprune.search.loop import Search, SearchConfig
-from selfprune.search.operators.classic import GAOperator
-from selfprune.search.synthetic import synthetic_problem
+sys.path.insert(0, %r)  # the tests folder, for the synthetic problem
+from selfprune.evolution.genome import GenomeSpace
+from selfprune.evolution.loop import Search, SearchConfig
+from selfprune.evolution.operators.classic import GAOperator
+from synthetic import synthetic_problem
 p = synthetic_problem(16, delay=float(sys.argv[2]))
 sp = GenomeSpace.from_problem(p, 0.4)
 cfg = SearchConfig(population=8, generations=12, crossover=3, mutation=3, seed=7)
 Search(sp, p.fitness, GAOperator(), cfg, profiles=p.profiles, out_dir=sys.argv[1]).run(resume=True)
-"""
+""" % str(Path(__file__).resolve().parent)
 
 
 def _generation(out):
@@ -118,7 +120,7 @@ def test_sigkill_then_resume_reaches_the_same_result(tmp_path):
 
 
 def test_best_json_loads_as_prune_rates(tmp_path):
-    from selfprune.prune.pipeline import read_rates
+    from selfprune.pruning.pipeline import read_rates
 
     res = run(GAOperator(), SearchConfig(population=4, generations=1, crossover=2, mutation=2), out=tmp_path)[0]
     attn, mlp = read_rates(tmp_path / "best.json")

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from selfprune.search.backends import ChatBackend, Reply
-from selfprune.search.genome import GenomeSpace
-from selfprune.search.loop import Search, SearchConfig
-from selfprune.search.operators.llm import LLMOperator, LLMSettings
-from selfprune.search.replies import ReplyError, parse_crossover, parse_moves, parse_shape
-from selfprune.search.synthetic import synthetic_problem
+from selfprune.evolution.llm.backends import ChatBackend, Reply
+from selfprune.evolution.genome import GenomeSpace
+from selfprune.evolution.loop import Search, SearchConfig
+from selfprune.evolution.llm.operator import LLMOperator, LLMSettings
+from selfprune.evolution.llm.replies import ReplyError, parse_crossover, parse_moves, parse_shape
+from synthetic import synthetic_problem
 
 
 class Scripted(ChatBackend):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from selfprune.models.loading import load_model
-from selfprune.prune.pipeline import PruneResult, prune_model
+from selfprune.pruning.pipeline import PruneResult, prune_model
 
 
 def prune(model, tokenizer=None, ratio: float | None = None, rates=None, **options) -> PruneResult:
@@ -14,7 +14,7 @@ def prune(model, tokenizer=None, ratio: float | None = None, rates=None, **optio
     ('wanda-sp', 'flap', 'magnitude'), ``calib``, ``calib_samples``, ``calib_seqlen``, ``seed``,
     ``attn_granularity`` ('head', 'group'), ``mlp_multiple``, ``bias_compensation``.
     """
-    from selfprune.prune.pipeline import parse_rates
+    from selfprune.pruning.pipeline import parse_rates
 
     name = model if isinstance(model, str) else None
     if name is not None:
@@ -37,8 +37,8 @@ __all__ = ["prune", "load_pruned", "load_model", "PruneResult"]
 
 
 def run(model: str | None = None, ratio: float | None = None, out: str | None = None, config=None, **sections):
-    """Search, prune, save, evaluate, benchmark and report, like ``selfprune run`` (see selfprune.run.run)."""
-    from selfprune.run import run as run_all
+    """Search, prune, save, evaluate, benchmark and report, like ``selfprune run`` (see selfprune.runner.run)."""
+    from selfprune.runner import run as run_all
 
     return run_all(model, ratio, out, config, **sections)
 

@@ -52,9 +52,9 @@ def run(args) -> int:
     from selfprune.errors import SelfpruneError
     from selfprune.models.adapter import get_adapter
     from selfprune.models.loading import load_model
-    from selfprune.prune.checkpoint import prepare_out_dir
-    from selfprune.prune.pipeline import check_metric, check_ratio, prune_model, read_rates
-    from selfprune.prune.plan import validate_rates
+    from selfprune.pruning.checkpoint import prepare_out_dir
+    from selfprune.pruning.pipeline import check_metric, check_ratio, prune_model, read_rates
+    from selfprune.pruning.plan import validate_rates
 
     # Validate everything cheap before loading a model.
     if (args.ratio is None) == (args.rates is None):

@@ -125,7 +125,7 @@ def run(args) -> int:
         return 0
 
     from selfprune.report.summary import summary_text
-    from selfprune.run import execute
+    from selfprune.runner import execute
 
     result = execute(cfg, argv=sys.argv[1:])
     print(summary_text(result.results, result.dir))

@@ -14,7 +14,7 @@ import json
 
 def register(sub) -> None:
     from selfprune.cli.prune import add_pruning_options
-    from selfprune.search.strategies import OPERATORS
+    from selfprune.evolution.strategies import OPERATORS
 
     p = sub.add_parser(
         "search",
@@ -72,7 +72,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from selfprune.errors import SelfpruneError
-    from selfprune.search.api import search_model
+    from selfprune.evolution.api import search_model
 
     samples = _floats(args.fitness_samples, "--fitness-samples", int)
     keep = _floats(args.stage_keep, "--stage-keep")

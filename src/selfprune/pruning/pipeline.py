@@ -12,10 +12,10 @@ import torch
 from selfprune.data.calibration import calibration_text, token_blocks
 from selfprune.errors import SelfpruneError
 from selfprune.models.adapter import get_adapter
-from selfprune.prune.apply import apply_plan
-from selfprune.prune.checkpoint import save_pruned
-from selfprune.prune.importance import METRICS, ImportanceScores, compute_importance
-from selfprune.prune.plan import PruningPlan, make_plan, prunable_params
+from selfprune.pruning.apply import apply_plan
+from selfprune.pruning.checkpoint import save_pruned
+from selfprune.pruning.importance import METRICS, ImportanceScores, compute_importance
+from selfprune.pruning.plan import PruningPlan, make_plan, prunable_params
 
 
 def default_bias_compensation(metric: str) -> bool:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from selfprune.errors import SelfpruneError
-from selfprune.search.loop import SearchConfig
-from selfprune.search.operators.base import Operator
+from selfprune.evolution.loop import SearchConfig
+from selfprune.evolution.operators.base import Operator
 
 OPERATORS = ("llm", "ga", "evopress", "random", "uniform", "owl")
 
@@ -36,7 +36,7 @@ def strategy_config(name: str, population: int = 30, generations: int = 20, cros
 
 def make_operator(name: str, backend: Any = None, llm_settings: Any = None) -> Operator:
     """The operator of that name; ``llm`` needs a chat backend and falls back to the GA."""
-    from selfprune.search.operators.classic import EvoPressOperator, FixedOperator, GAOperator, RandomOperator
+    from selfprune.evolution.operators.classic import EvoPressOperator, FixedOperator, GAOperator, RandomOperator
 
     if name in ("uniform", "owl"):
         return FixedOperator(name)
@@ -47,7 +47,7 @@ def make_operator(name: str, backend: Any = None, llm_settings: Any = None) -> O
     if name == "evopress":
         return EvoPressOperator()
     if name == "llm":
-        from selfprune.search.operators.llm import LLMOperator
+        from selfprune.evolution.llm.operator import LLMOperator
 
         if backend is None:
             raise SelfpruneError("the llm operator needs --llm (self, local:PATH or openai:MODEL)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from selfprune.atomic import atomic_directory
 from selfprune.errors import SelfpruneError
-from selfprune.prune.remote_code import modeling_selfprune
+from selfprune.pruning.remote_code import modeling_selfprune
 
 REMOTE_CODE_FILE = "modeling_selfprune.py"
 

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 
 from selfprune.errors import SelfpruneError
-from selfprune.search.budget import Budget
+from selfprune.evolution.budget import Budget
 from selfprune.atomic import atomic_write_json
-from selfprune.search.checkpoint import Transcript
-from selfprune.search.evaluator import Evaluator
-from selfprune.search.genome import Genome, GenomeSpace, RepairStats
-from selfprune.search.operators.base import Context, Individual, MoveRecord, Operator, Proposal
-from selfprune.search.operators.classic import level_moves
+from selfprune.evolution.checkpoint import Transcript
+from selfprune.evolution.evaluator import Evaluator
+from selfprune.evolution.genome import Genome, GenomeSpace, RepairStats
+from selfprune.evolution.operators.base import Context, Individual, MoveRecord, Operator, Proposal
+from selfprune.evolution.operators.classic import level_moves
 
 CHECKPOINT = "checkpoint.json"
 CHECKPOINT_VERSION = 1
@@ -286,7 +286,7 @@ class Search:
         self.budget.add_seconds("checkpoint", time.perf_counter() - t0)
 
     def _load(self, snap: dict[str, Any]) -> None:
-        from selfprune.search.operators.base import Move
+        from selfprune.evolution.operators.base import Move
 
         mismatch = [name for name, now, then in (
             ("config", _fixed(self.config.to_json()), _fixed(snap["config"])),

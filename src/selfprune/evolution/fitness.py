@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from selfprune.data.calibration import calibration_text, token_blocks
 from selfprune.errors import SelfpruneError
 from selfprune.models.adapter import ModelAdapter, get_adapter
-from selfprune.prune.apply import order_mlp_channels, pruned_view
-from selfprune.prune.importance import ImportanceScores, compute_importance
-from selfprune.prune.plan import attention_levels, geometry, make_plan
-from selfprune.prune.pipeline import check_metric, check_ratio, default_bias_compensation
+from selfprune.pruning.apply import order_mlp_channels, pruned_view
+from selfprune.pruning.importance import ImportanceScores, compute_importance
+from selfprune.pruning.plan import attention_levels, geometry, make_plan
+from selfprune.pruning.pipeline import check_metric, check_ratio, default_bias_compensation
 
 FITNESS_KINDS = ("ppl", "kl")
 
@@ -129,7 +129,7 @@ def build_search_problem(
     progress: bool = True,
 ) -> SearchProblem:
     """Score importance once on the calibration blocks and set up the fitness on disjoint tokens."""
-    from selfprune.prune.pipeline import calibration_blocks
+    from selfprune.pruning.pipeline import calibration_blocks
 
     check_ratio(ratio)
     check_metric(metric)

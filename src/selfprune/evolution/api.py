@@ -12,10 +12,10 @@ from typing import Any, Sequence
 
 from selfprune.errors import SelfpruneError
 from selfprune.atomic import atomic_write_json
-from selfprune.search.genome import GenomeSpace
-from selfprune.search.loop import Search, SearchResult
+from selfprune.evolution.genome import GenomeSpace
+from selfprune.evolution.loop import Search, SearchResult
 from selfprune.versions import versions
-from selfprune.search.strategies import OPERATORS, make_operator, strategy_config
+from selfprune.evolution.strategies import OPERATORS, make_operator, strategy_config
 
 def check_target(ratio: float, bounds: tuple[float, float]) -> None:
     """Fail early when no genome within the bounds can meet the target."""
@@ -62,8 +62,8 @@ def search_model(
     command: dict[str, Any] | None = None,
 ) -> SearchResult:
     """Search per-layer rates for ``model`` at mean rate ``ratio``; see ``selfprune search --help``."""
-    from selfprune.search.backends import make_backend
-    from selfprune.search.operators.llm import LLMSettings
+    from selfprune.evolution.llm.backends import make_backend
+    from selfprune.evolution.llm.operator import LLMSettings
 
     if operator not in OPERATORS:
         raise SelfpruneError(f"unknown operator '{operator}'; choose one of {', '.join(OPERATORS)}")
@@ -81,7 +81,7 @@ def search_model(
         backend = make_backend(llm, base_url=llm_base_url, api_key_env=llm_api_key_env, timeout=llm_timeout)
 
     from selfprune.models.loading import load_model
-    from selfprune.search.fitness import build_search_problem
+    from selfprune.evolution.fitness import build_search_problem
 
     t0 = time.perf_counter()
     model_obj, tokenizer = load_model(model)

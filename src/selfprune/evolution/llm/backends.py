@@ -150,7 +150,7 @@ class LocalBackend(ChatBackend):
         return cls(model, tokenizer, name=f"local:{path}")
 
     def _decoder(self, template: Sequence[Any]):
-        from selfprune.search.constrained import TemplateDecoder
+        from selfprune.evolution.llm.constrained import TemplateDecoder
 
         key = tuple(template)
         if key not in self._decoders:

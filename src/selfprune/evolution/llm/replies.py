@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from selfprune.search.genome import GenomeSpace, resample
-from selfprune.search.operators.base import Move
+from selfprune.evolution.genome import GenomeSpace, resample
+from selfprune.evolution.operators.base import Move
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|NaN|inf")
 

@@ -23,15 +23,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from selfprune.search.backends import ChatBackend
-from selfprune.search.constrained import crossover_template, moves_template, shape_template
-from selfprune.search.operators.base import Context, Individual, Operator, Proposal
-from selfprune.search.operators.classic import GAOperator, owl_vector, tournament, uniform_vector
-from selfprune.search.replies import ReplyError, parse_crossover, parse_moves, parse_shape
+from selfprune.evolution.llm.backends import ChatBackend
+from selfprune.evolution.llm.constrained import crossover_template, moves_template, shape_template
+from selfprune.evolution.operators.base import Context, Individual, Operator, Proposal
+from selfprune.evolution.operators.classic import GAOperator, owl_vector, tournament, uniform_vector
+from selfprune.evolution.llm.replies import ReplyError, parse_crossover, parse_moves, parse_shape
 
 
 def load_prompt(name: str) -> Template:
-    return Template(resources.files("selfprune.search").joinpath(f"prompts/{name}.txt").read_text())
+    return Template(resources.files("selfprune.evolution.llm").joinpath(f"prompts/{name}.txt").read_text())
 
 
 @dataclass

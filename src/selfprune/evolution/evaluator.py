@@ -11,8 +11,8 @@ import math
 import time
 from typing import Any, Sequence
 
-from selfprune.search.budget import Budget
-from selfprune.search.genome import Genome
+from selfprune.evolution.budget import Budget
+from selfprune.evolution.genome import Genome
 
 
 class Evaluator:

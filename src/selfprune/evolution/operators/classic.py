@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from selfprune.search.genome import GenomeSpace
-from selfprune.search.operators.base import Context, Individual, Move, Operator, Proposal
+from selfprune.evolution.genome import GenomeSpace
+from selfprune.evolution.operators.base import Context, Individual, Move, Operator, Proposal
 
 
 # ---- building blocks ----------------------------------------------------------------------
