@@ -25,7 +25,7 @@ from selfprune.errors import SelfpruneError
 from selfprune.models.adapter import ModelAdapter, get_adapter
 from selfprune.pruning.apply import order_mlp_channels, pruned_view
 from selfprune.pruning.importance import ImportanceScores, compute_importance
-from selfprune.pruning.plan import attention_levels, geometry, make_plan
+from selfprune.pruning.plan import attention_levels, make_plan
 from selfprune.pruning.pipeline import check_metric, check_ratio, default_bias_compensation
 
 FITNESS_KINDS = ("ppl", "kl")
@@ -148,7 +148,7 @@ def build_search_problem(
                                split="second")
     stage_blocks = [fitness_all[:n] for n in stages]
     fit = PruningFitness(adapter, scores, stage_blocks, fitness, attn_granularity, mlp_multiple, bias_compensation)
-    geo = geometry(adapter)
+    geo = adapter.geometry()
     n = adapter.num_layers
     return SearchProblem(
         num_layers=n,

@@ -1,54 +1,67 @@
-"""Where the prunable weights of a decoder-only model live, and its head layout.
+"""A loaded decoder-only model seen as what structured pruning needs: per layer, an attention block
+with heads in KV groups and an MLP block with channels, and the projections that hold them.
 
-One file per model family declares a ``FamilySpec``; ``get_adapter`` wraps a loaded model in a
-``ModelAdapter`` that the pruner uses to reach each layer's q/k/v/o and gate/up/down projections.
+Everything that knows where a family keeps its weights goes through ``ModelAdapter`` (the family
+table is ``selfprune.models.families``): the importance pass hooks the projections' inputs, the
+plan counts parameters with ``geometry``, the pruner slices ``projection``s and swaps blocks, and
+the checkpoint records ``anatomy`` so its modeling code rebuilds the same layout.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import reduce
 
 from torch import nn
 
 from selfprune.errors import SelfpruneError
+from selfprune.models.families import BY_MODEL_TYPE, Family
+
+ATTENTION_INPUTS = ("q", "k", "v")  # sliced by rows (heads)
+ATTENTION_OUTPUT = "o"  # sliced by columns; carries bias compensation
+MLP_INPUTS = ("gate", "up")  # sliced by rows (channels)
+MLP_OUTPUT = "down"  # sliced by columns; carries bias compensation
 
 
 @dataclass(frozen=True)
-class FamilySpec:
-    """What differs between model families, as far as structured pruning is concerned."""
+class BlockGeometry:
+    """Parameter counts of one layer's prunable blocks, as a function of what is kept."""
 
-    name: str
-    model_types: tuple[str, ...]
-    causal_lm_class: str  # the transformers class the pruned checkpoint subclasses
-    qkv_bias: bool = False  # q/k/v projections carry biases that are sliced with their heads
-    qk_norm: bool = False  # per-head q/k norms over head_dim, shared by all heads: nothing to slice
+    hidden: int
+    head_dim: int
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    attn_extra: int = 0  # other parameters of the attention block (q/k norms): gone with its last head
 
+    def attn_params(self, kv_heads: int, heads: int) -> int:
+        hd, h = self.head_dim, self.hidden
+        n = (heads + 2 * kv_heads) * hd * h + heads * hd * h
+        if self.qkv_bias:
+            n += (heads + 2 * kv_heads) * hd
+        if self.o_bias:  # kept as a constant even when every head is gone
+            n += h
+        if heads:
+            n += self.attn_extra
+        return n
 
-_REGISTRY: dict[str, FamilySpec] = {}
-
-
-def register(spec: FamilySpec) -> FamilySpec:
-    for model_type in spec.model_types:
-        _REGISTRY[model_type] = spec
-    return spec
+    def mlp_params(self, width: int) -> int:
+        n = 3 * self.hidden * width
+        if self.mlp_bias:
+            n += 2 * width + self.hidden
+        return n
 
 
 def supported_model_types() -> list[str]:
-    _load_families()
-    return sorted(_REGISTRY)
-
-
-def _load_families() -> None:
-    # Importing the family modules registers them.
-    from selfprune.models import gemma3, llama, mistral, qwen2, qwen3  # noqa: F401
+    return sorted(BY_MODEL_TYPE)
 
 
 class ModelAdapter:
-    """A loaded causal LM seen as a stack of (attention, MLP) blocks with heads and channels."""
+    """A loaded causal LM as a stack of (attention, MLP) blocks with heads and channels."""
 
-    def __init__(self, model: nn.Module, spec: FamilySpec):
+    def __init__(self, model: nn.Module, family: Family):
         self.model = model
-        self.spec = spec
+        self.family = family
         config = model.config
         self.config = config
         self.hidden_size = config.hidden_size
@@ -57,9 +70,7 @@ class ModelAdapter:
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         self.intermediate_size = config.intermediate_size
         if self.num_heads % self.num_kv_heads:
-            raise SelfpruneError(
-                f"{self.num_heads} attention heads do not split into {self.num_kv_heads} KV groups"
-            )
+            raise SelfpruneError(f"{self.num_heads} attention heads do not split into {self.num_kv_heads} KV groups")
 
     @property
     def heads_per_group(self) -> int:
@@ -67,30 +78,52 @@ class ModelAdapter:
 
     @property
     def layers(self) -> nn.ModuleList:
-        return self.model.model.layers
+        return reduce(getattr, self.family.layers.split("."), self.model)
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
+    # ---- blocks and projections ------------------------------------------------------------
     def attention(self, idx: int) -> nn.Module:
-        return self.layers[idx].self_attn
+        return getattr(self.layers[idx], self.family.attention)
 
     def mlp(self, idx: int) -> nn.Module:
-        return self.layers[idx].mlp
+        return getattr(self.layers[idx], self.family.mlp)
 
     def set_attention(self, idx: int, module: nn.Module) -> None:
-        self.layers[idx].self_attn = module
+        setattr(self.layers[idx], self.family.attention, module)
 
     def set_mlp(self, idx: int, module: nn.Module) -> None:
-        self.layers[idx].mlp = module
+        setattr(self.layers[idx], self.family.mlp, module)
+
+    def projection(self, block: nn.Module, role: str) -> nn.Linear | None:
+        """The projection of ``role`` (q, k, v, o, gate, up, down) in a block; None once removed."""
+        return getattr(block, self.family.projections[role], None)
+
+    def set_projection(self, block: nn.Module, role: str, linear: nn.Linear) -> None:
+        setattr(block, self.family.projections[role], linear)
+
+    # ---- sizes -----------------------------------------------------------------------------
+    def geometry(self, idx: int = 0) -> BlockGeometry:
+        """Parameter counts of a layer of the dense model (call before pruning it)."""
+        attn, mlp = self.attention(idx), self.mlp(idx)
+        q, o, down = (self.projection(attn, "q"), self.projection(attn, "o"), self.projection(mlp, "down"))
+        projections = {id(p) for role in (*ATTENTION_INPUTS, ATTENTION_OUTPUT)
+                       for p in self.projection(attn, role).parameters()}
+        return BlockGeometry(
+            attn_extra=sum(p.numel() for p in attn.parameters() if id(p) not in projections),
+            hidden=self.hidden_size,
+            head_dim=self.head_dim,
+            qkv_bias=q.bias is not None,
+            o_bias=o.bias is not None,
+            mlp_bias=down.bias is not None,
+        )
 
     def layer_shape(self, idx: int) -> dict:
         """Current head count, KV-head count and MLP width of layer ``idx`` (0 when removed)."""
         attn, mlp = self.attention(idx), self.mlp(idx)
-        q = getattr(attn, "q_proj", None)
-        k = getattr(attn, "k_proj", None)
-        gate = getattr(mlp, "gate_proj", None)
+        q, k, gate = self.projection(attn, "q"), self.projection(attn, "k"), self.projection(mlp, "gate")
         return {
             "num_heads": q.out_features // self.head_dim if q is not None else 0,
             "num_kv_heads": k.out_features // self.head_dim if k is not None else 0,
@@ -100,12 +133,17 @@ class ModelAdapter:
 
 def get_adapter(model: nn.Module) -> ModelAdapter:
     """The adapter for ``model``'s family, or a clear error listing the supported families."""
-    _load_families()
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    spec = _REGISTRY.get(model_type)
-    if spec is None or not hasattr(getattr(model, "model", None), "layers"):
+    family = BY_MODEL_TYPE.get(model_type)
+    if family is None:
         raise SelfpruneError(
             f"unsupported architecture '{model_type}': selfprune supports "
             f"{', '.join(supported_model_types())} (decoder-only causal LMs)"
         )
-    return ModelAdapter(model, spec)
+    adapter = ModelAdapter(model, family)
+    try:
+        adapter.layers
+    except AttributeError:
+        raise SelfpruneError(f"'{model_type}' model has no decoder layers at '{family.layers}'; "
+                             "pass a causal LM (AutoModelForCausalLM), not a base or multimodal model") from None
+    return adapter

@@ -74,16 +74,17 @@ def _compensation(weight: torch.Tensor, mean: torch.Tensor, removed_mask: torch.
 
 def pruned_attention(adapter: ModelAdapter, idx: int, attn: nn.Module, lp: LayerPlan, mean=None) -> nn.Module:
     hd = adapter.head_dim
-    device = attn.o_proj.weight.device
+    o_proj = adapter.projection(attn, "o")
+    device = o_proj.weight.device
     extra = None
     if mean is not None:
-        removed = _removed(attn.o_proj.in_features, _rows(lp.heads, hd, device))
-        extra = _compensation(attn.o_proj.weight, mean, removed)
+        removed = _removed(o_proj.in_features, _rows(lp.heads, hd, device))
+        extra = _compensation(o_proj.weight, mean, removed)
     if lp.num_heads == 0:
-        bias = attn.o_proj.bias
+        bias = o_proj.bias
         if extra is not None:
             bias = extra if bias is None else bias + extra
-        skipped = SkippedAttention(adapter.hidden_size, hd, idx, bias=bias is not None).to(attn.o_proj.weight)
+        skipped = SkippedAttention(adapter.hidden_size, hd, idx, bias=bias is not None).to(o_proj.weight)
         if bias is not None:
             with torch.no_grad():
                 skipped.bias.copy_(bias)
@@ -91,10 +92,9 @@ def pruned_attention(adapter: ModelAdapter, idx: int, attn: nn.Module, lp: Layer
     q_rows = _rows(lp.heads, hd, device)
     kv_rows = _rows(lp.kv_heads, hd, device)
     new = _shallow_copy(attn)
-    new.q_proj = _sliced_linear(attn.q_proj, rows=q_rows)
-    new.k_proj = _sliced_linear(attn.k_proj, rows=kv_rows)
-    new.v_proj = _sliced_linear(attn.v_proj, rows=kv_rows)
-    new.o_proj = _sliced_linear(attn.o_proj, cols=q_rows, extra_bias=extra)
+    for role, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows)):
+        adapter.set_projection(new, role, _sliced_linear(adapter.projection(attn, role), rows=rows))
+    adapter.set_projection(new, "o", _sliced_linear(o_proj, cols=q_rows, extra_bias=extra))
     new.num_key_value_groups = lp.num_heads // lp.num_kv_heads
     return new
 
@@ -115,36 +115,37 @@ def _prefix_linear(old: nn.Linear, rows: int | None = None, cols: int | None = N
 
 
 def pruned_mlp(adapter: ModelAdapter, mlp: nn.Module, lp: LayerPlan, mean=None, views: bool = False) -> nn.Module:
-    device = mlp.down_proj.weight.device
+    gate, up, down = (adapter.projection(mlp, role) for role in ("gate", "up", "down"))
+    device = down.weight.device
     n = lp.intermediate_size
     # Kept channels 0..n-1 (see order_mlp_channels): serve views, and compensate from a view too.
     prefix = views and n > 0 and lp.channels[-1] == n - 1
     cols = torch.tensor(lp.channels, dtype=torch.long, device=device)
     extra = None
     if mean is not None:
-        w = mlp.down_proj.weight
+        w = down.weight
         if prefix:
             extra = w[:, n:] @ mean.to(w)[n:]
         else:
-            extra = _compensation(w, mean, _removed(mlp.down_proj.in_features, cols))
+            extra = _compensation(w, mean, _removed(down.in_features, cols))
     if n == 0:
-        bias = mlp.down_proj.bias
+        bias = down.bias
         if extra is not None:
             bias = extra if bias is None else bias + extra
-        skipped = SkippedMLP(adapter.hidden_size, bias=bias is not None).to(mlp.down_proj.weight)
+        skipped = SkippedMLP(adapter.hidden_size, bias=bias is not None).to(down.weight)
         if bias is not None:
             with torch.no_grad():
                 skipped.bias.copy_(bias)
         return skipped
     new = _shallow_copy(mlp)
     if prefix:
-        new.gate_proj = _prefix_linear(mlp.gate_proj, rows=n)
-        new.up_proj = _prefix_linear(mlp.up_proj, rows=n)
-        new.down_proj = _prefix_linear(mlp.down_proj, cols=n, extra_bias=extra)
+        adapter.set_projection(new, "gate", _prefix_linear(gate, rows=n))
+        adapter.set_projection(new, "up", _prefix_linear(up, rows=n))
+        adapter.set_projection(new, "down", _prefix_linear(down, cols=n, extra_bias=extra))
     else:
-        new.gate_proj = _sliced_linear(mlp.gate_proj, rows=cols)
-        new.up_proj = _sliced_linear(mlp.up_proj, rows=cols)
-        new.down_proj = _sliced_linear(mlp.down_proj, cols=cols, extra_bias=extra)
+        adapter.set_projection(new, "gate", _sliced_linear(gate, rows=cols))
+        adapter.set_projection(new, "up", _sliced_linear(up, rows=cols))
+        adapter.set_projection(new, "down", _sliced_linear(down, cols=cols, extra_bias=extra))
     if hasattr(new, "intermediate_size"):
         new.intermediate_size = n
     return new
@@ -203,12 +204,13 @@ def order_mlp_channels(adapter: ModelAdapter, scores: ImportanceScores) -> Impor
     for i in range(adapter.num_layers):
         order = scores.channel_scores[i].argsort(descending=True, stable=True)
         mlp = adapter.mlp(i)
-        idx = order.to(mlp.down_proj.weight.device)
-        for lin in (mlp.gate_proj, mlp.up_proj):
+        down = adapter.projection(mlp, "down")
+        idx = order.to(down.weight.device)
+        for lin in (adapter.projection(mlp, "gate"), adapter.projection(mlp, "up")):
             lin.weight.copy_(lin.weight.index_select(0, idx))
             if lin.bias is not None:
                 lin.bias.copy_(lin.bias.index_select(0, idx))
-        mlp.down_proj.weight.copy_(mlp.down_proj.weight.index_select(1, idx))
+        down.weight.copy_(down.weight.index_select(1, idx))
         channel_scores.append(scores.channel_scores[i][order])
         mlp_means.append(scores.mlp_input_mean[i][order.to(scores.mlp_input_mean[i].device)])
     return dataclasses.replace(scores, channel_scores=channel_scores, mlp_input_mean=mlp_means)
@@ -220,8 +222,8 @@ def layer_specs(adapter: ModelAdapter) -> list[dict]:
     for i in range(adapter.num_layers):
         shape = adapter.layer_shape(i)
         attn, mlp = adapter.attention(i), adapter.mlp(i)
-        o_bias = attn.bias if isinstance(attn, SkippedAttention) else attn.o_proj.bias
-        down_bias = mlp.bias if isinstance(mlp, SkippedMLP) else mlp.down_proj.bias
+        o_bias = attn.bias if isinstance(attn, SkippedAttention) else adapter.projection(attn, "o").bias
+        down_bias = mlp.bias if isinstance(mlp, SkippedMLP) else adapter.projection(mlp, "down").bias
         shape["o_bias"] = o_bias is not None
         shape["down_bias"] = down_bias is not None
         specs.append(shape)
@@ -243,6 +245,7 @@ def apply_plan(adapter: ModelAdapter, plan: PruningPlan, scores: ImportanceScore
         "mlp_multiple": plan.mlp_multiple,
         "metric": scores.metric if scores is not None else None,
         "bias_compensation": bias_compensation,
+        "anatomy": adapter.family.anatomy(),  # where the modeling code finds blocks and projections
     }
-    config.auto_map = {"AutoModelForCausalLM": f"modeling_selfprune.SelfPruned{adapter.spec.causal_lm_class}"}
+    config.auto_map = {"AutoModelForCausalLM": f"modeling_selfprune.SelfPruned{adapter.family.causal_lm_class}"}
     return adapter.model

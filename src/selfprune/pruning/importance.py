@@ -1,15 +1,9 @@
 """Importance of every attention head and MLP channel, from one calibration pass.
 
 One forward pass of the dense model over the calibration blocks, with hooks that accumulate, per
-input channel of the projections, the sum and the sum of squares of the activations. From those:
-
-- ``wanda-sp``: |W| times the input activation norm (Wanda, applied to structures as in FLAP's
-  Wanda-sp baseline): a channel's score sums |W_ij| * ||X_j|| over the output projection's rows;
-  a head sums its head_dim channels of ``o_proj``.
-- ``flap``: the fluctuation metric of FLAP: the sample variance of input channel j times
-  ||W_:,j||^2; removed channels are compensated by adding W_:,j * mean(X_j) to the bias.
-- ``magnitude``: the L2 norm of every weight that belongs to the unit (q rows and o columns of a
-  head; gate and up rows and the down column of a channel); needs no activations.
+input channel of the projections, the mean, the variance and the sum of squares of the
+activations. A metric (``selfprune.pruning.metrics``) turns those and the weights into scores;
+a head's score sums its head_dim channels of the attention output projection.
 
 The per-channel means are kept for FLAP's bias compensation, and a per-layer outlier ratio
 (share of Wanda scores above 5x their layer mean, as OWL defines it) for OWL-style allocation.
@@ -24,8 +18,8 @@ from tqdm.auto import tqdm
 
 from selfprune.errors import SelfpruneError
 from selfprune.models.adapter import ModelAdapter
+from selfprune.pruning.metrics import get_metric
 
-METRICS = ("wanda-sp", "flap", "magnitude")
 OWL_OUTLIER_FACTOR = 5.0
 
 
@@ -81,20 +75,23 @@ class _Stats:
         return self.m2 / max(self.count - 1, 1)
 
 
+# The projections whose inputs are observed; the others share one of these inputs.
+OBSERVED = ("q", "o", "gate", "down")
+INPUT_OF = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate", "down": "down"}
+
+
 @torch.no_grad()
 def collect_activation_stats(adapter: ModelAdapter, blocks: torch.Tensor, batch_size: int = 8, progress: bool = True):
     """Run the calibration blocks through the model and return per-layer input statistics."""
-    names = ("q_proj", "o_proj", "gate_proj", "down_proj")
-    stats = [{n: _Stats() for n in names} for _ in range(adapter.num_layers)]
+    stats = [{role: _Stats() for role in OBSERVED} for _ in range(adapter.num_layers)]
     handles = []
     for i in range(adapter.num_layers):
-        attn, mlp = adapter.attention(i), adapter.mlp(i)
-        for name in names:
-            owner = attn if name in ("q_proj", "o_proj") else mlp
-            module = getattr(owner, name, None)
+        for role in OBSERVED:
+            block = adapter.attention(i) if role in ("q", "o") else adapter.mlp(i)
+            module = adapter.projection(block, role)
             if module is None:
-                raise SelfpruneError(f"layer {i} has no {name}: importance needs an unpruned (dense) model")
-            handles.append(module.register_forward_pre_hook(stats[i][name]))
+                raise SelfpruneError(f"layer {i} has no {role} projection: importance needs an unpruned (dense) model")
+            handles.append(module.register_forward_pre_hook(stats[i][role]))
     device = next(adapter.model.parameters()).device
     try:
         for start in tqdm(range(0, len(blocks), batch_size), desc="calibration", disable=not progress, leave=False):
@@ -118,36 +115,21 @@ def compute_importance(
     progress: bool = True,
 ) -> ImportanceScores:
     """Score every head and channel of ``adapter``'s dense model on the calibration ``blocks``."""
-    if metric not in METRICS:
-        raise SelfpruneError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")
+    scorer = get_metric(metric)
     if blocks is None or len(blocks) == 0:
         raise SelfpruneError("importance needs calibration blocks (at least one sequence)")
     stats = collect_activation_stats(adapter, blocks, batch_size=batch_size, progress=progress)
-    hd = adapter.head_dim
     heads, channels, attn_means, mlp_means, outliers = [], [], [], [], []
     for i in range(adapter.num_layers):
         attn, mlp, s = adapter.attention(i), adapter.mlp(i), stats[i]
-        w_o = attn.o_proj.weight.double()
-        w_down = mlp.down_proj.weight.double()
-        if metric == "wanda-sp":
-            head_ch = (w_o.abs() * s["o_proj"].norm()).sum(0)
-            chan = (w_down.abs() * s["down_proj"].norm()).sum(0)
-        elif metric == "flap":
-            head_ch = s["o_proj"].variance() * w_o.pow(2).sum(0)
-            chan = s["down_proj"].variance() * w_down.pow(2).sum(0)
-        else:  # magnitude
-            q_rows = attn.q_proj.weight.double().pow(2).sum(1)
-            head_ch = (q_rows + w_o.pow(2).sum(0)).sqrt()
-            chan = (
-                mlp.gate_proj.weight.double().pow(2).sum(1).sqrt()
-                + mlp.up_proj.weight.double().pow(2).sum(1).sqrt()
-                + w_down.pow(2).sum(0).sqrt()
-            )
-        heads.append(_per_head(head_ch, hd).float().cpu())
+        w = lambda block, role: adapter.projection(block, role).weight.double()  # noqa: E731
+        head_ch = scorer.attention(w(attn, "o"), w(attn, "q"), s)
+        chan = scorer.mlp(w(mlp, "gate"), w(mlp, "up"), w(mlp, "down"), s)
+        heads.append(_per_head(head_ch, adapter.head_dim).float().cpu())
         channels.append(chan.float().cpu())
-        attn_means.append(s["o_proj"].mean().float())
-        mlp_means.append(s["down_proj"].mean().float())
-        outliers.append(_outlier_ratio(attn, mlp, s))
+        attn_means.append(s["o"].mean().float())
+        mlp_means.append(s["down"].mean().float())
+        outliers.append(_outlier_ratio(adapter, attn, mlp, s))
     return ImportanceScores(
         metric=metric,
         head_scores=heads,
@@ -159,13 +141,11 @@ def compute_importance(
     )
 
 
-def _outlier_ratio(attn, mlp, s) -> float:
+def _outlier_ratio(adapter: ModelAdapter, attn, mlp, s) -> float:
     """OWL's layerwise outlier ratio: share of Wanda scores above 5x the layer's mean score."""
-    pairs = [
-        (attn.q_proj, s["q_proj"]), (attn.k_proj, s["q_proj"]), (attn.v_proj, s["q_proj"]),
-        (attn.o_proj, s["o_proj"]), (mlp.gate_proj, s["gate_proj"]), (mlp.up_proj, s["gate_proj"]),
-        (mlp.down_proj, s["down_proj"]),
-    ]
-    scores = [(lin.weight.abs() * st.norm().float()).flatten() for lin, st in pairs]
+    scores = []
+    for role, observed in INPUT_OF.items():
+        lin = adapter.projection(attn if role in ("q", "k", "v", "o") else mlp, role)
+        scores.append((lin.weight.abs() * s[observed].norm().float()).flatten())
     flat = torch.cat(scores)
     return float((flat > OWL_OUTLIER_FACTOR * flat.mean()).float().mean())

@@ -14,7 +14,8 @@ from selfprune.errors import SelfpruneError
 from selfprune.models.adapter import get_adapter
 from selfprune.pruning.apply import apply_plan
 from selfprune.pruning.checkpoint import save_pruned
-from selfprune.pruning.importance import METRICS, ImportanceScores, compute_importance
+from selfprune.pruning.importance import ImportanceScores, compute_importance
+from selfprune.pruning.metrics import get_metric
 from selfprune.pruning.plan import PruningPlan, make_plan, prunable_params
 
 
@@ -26,7 +27,7 @@ def default_bias_compensation(metric: str) -> bool:
     WikiText-2 perplexity of 2487 without it and 371 with it (4x512 tokens).
     ``bias_compensation=False`` gives plain Wanda-sp, as in Self-Pruner.
     """
-    return metric != "magnitude"
+    return get_metric(metric).compensates_by_default
 
 
 def check_ratio(ratio: float) -> float:
@@ -36,8 +37,7 @@ def check_ratio(ratio: float) -> float:
 
 
 def check_metric(metric: str) -> str:
-    if metric not in METRICS:
-        raise SelfpruneError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")
+    get_metric(metric)
     return metric
 
 
@@ -143,7 +143,7 @@ def prune_model(
         bias_compensation = default_bias_compensation(metric)
     torch.manual_seed(seed)
     if scores is None:
-        if metric != "magnitude" or bias_compensation:
+        if get_metric(metric).needs_activations or bias_compensation:
             blocks = calibration_blocks(tokenizer, calib, calib_samples, calib_seqlen, seed)
         else:
             blocks = torch.zeros(1, 2, dtype=torch.long)  # magnitude needs no activations; a token pair suffices

@@ -55,49 +55,6 @@ class PruningPlan:
     mlp_multiple: int = 1
 
 
-@dataclass(frozen=True)
-class BlockGeometry:
-    """Parameter counts of one layer's prunable blocks, as a function of what is kept."""
-
-    hidden: int
-    head_dim: int
-    qkv_bias: bool
-    o_bias: bool
-    mlp_bias: bool
-    attn_extra: int = 0  # other parameters of the attention block (q/k norms): gone with its last head
-
-    def attn_params(self, kv_heads: int, heads: int) -> int:
-        hd, h = self.head_dim, self.hidden
-        n = (heads + 2 * kv_heads) * hd * h + heads * hd * h
-        if self.qkv_bias:
-            n += (heads + 2 * kv_heads) * hd
-        if self.o_bias:  # kept as a constant even when every head is gone
-            n += h
-        if heads:
-            n += self.attn_extra
-        return n
-
-    def mlp_params(self, width: int) -> int:
-        n = 3 * self.hidden * width
-        if self.mlp_bias:
-            n += 2 * width + self.hidden
-        return n
-
-
-def geometry(adapter: ModelAdapter, idx: int = 0) -> BlockGeometry:
-    """Parameter counts of a layer of the dense model (call before pruning it)."""
-    attn, mlp = adapter.attention(idx), adapter.mlp(idx)
-    projections = {id(p) for name in ("q_proj", "k_proj", "v_proj", "o_proj") for p in getattr(attn, name).parameters()}
-    return BlockGeometry(
-        attn_extra=sum(p.numel() for p in attn.parameters() if id(p) not in projections),
-        hidden=adapter.hidden_size,
-        head_dim=adapter.head_dim,
-        qkv_bias=attn.q_proj.bias is not None,
-        o_bias=attn.o_proj.bias is not None,
-        mlp_bias=mlp.down_proj.bias is not None,
-    )
-
-
 def attention_layouts(adapter: ModelAdapter, granularity: str = "head") -> list[tuple[int, int]]:
     """All valid (kept KV groups, heads per group) layouts, (0, 0) meaning attention removed."""
     if granularity not in GRANULARITIES:
@@ -108,14 +65,14 @@ def attention_layouts(adapter: ModelAdapter, granularity: str = "head") -> list[
 
 def attention_levels(adapter: ModelAdapter, granularity: str = "head") -> list[float]:
     """The attention rates the pruner can realise exactly, ascending (0.0 ... 1.0)."""
-    geo = geometry(adapter)
+    geo = adapter.geometry()
     dense = geo.attn_params(adapter.num_kv_heads, adapter.num_heads)
     levels = {round(1 - geo.attn_params(k, k * m) / dense, 6) for k, m in attention_layouts(adapter, granularity)}
     return sorted(levels)
 
 
 def _plan_attention(scores: torch.Tensor, adapter: ModelAdapter, rate: float, granularity: str):
-    geo = geometry(adapter)
+    geo = adapter.geometry()
     kv, g = adapter.num_kv_heads, adapter.heads_per_group
     target = (1 - rate) * geo.attn_params(kv, kv * g)
     by_group = scores.reshape(kv, g)
@@ -181,7 +138,7 @@ def make_plan(
 
 def prunable_params(adapter: ModelAdapter, plan: PruningPlan | None = None, bias_compensation: bool = False) -> int:
     """Parameters of all attention and MLP blocks of a dense model, or of ``plan`` applied to it."""
-    geo = geometry(adapter)
+    geo = adapter.geometry()
     total = 0
     for i in range(adapter.num_layers):
         if plan is None:

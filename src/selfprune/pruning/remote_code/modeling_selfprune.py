@@ -11,29 +11,18 @@ returns its (bias-compensation) constant, so a fully pruned attention or MLP cos
 
 from __future__ import annotations
 
+from functools import reduce
+
 import torch
+import transformers
 from torch import nn
 
-try:  # the base families this file can rebuild; each import is optional across transformers versions
-    from transformers import LlamaForCausalLM
-except ImportError:  # pragma: no cover
-    LlamaForCausalLM = None
-try:
-    from transformers import MistralForCausalLM
-except ImportError:  # pragma: no cover
-    MistralForCausalLM = None
-try:
-    from transformers import Qwen2ForCausalLM
-except ImportError:  # pragma: no cover
-    Qwen2ForCausalLM = None
-try:
-    from transformers import Qwen3ForCausalLM
-except ImportError:  # pragma: no cover
-    Qwen3ForCausalLM = None
-try:
-    from transformers import Gemma3ForCausalLM
-except ImportError:  # pragma: no cover
-    Gemma3ForCausalLM = None
+# Where blocks and projections live, for checkpoints that do not record it (Llama layout).
+DEFAULT_ANATOMY = {
+    "layers": "model.layers", "attention": "self_attn", "mlp": "mlp",
+    "projections": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
+                    "gate": "gate_proj", "up": "up_proj", "down": "down_proj"},
+}
 
 
 class SkippedAttention(nn.Module):
@@ -78,32 +67,39 @@ def _linear_like(old: nn.Linear, in_features: int, out_features: int, bias: bool
     return nn.Linear(in_features, out_features, bias=bias, device=old.weight.device, dtype=old.weight.dtype)
 
 
-def restructure(model: nn.Module, layer_specs: list[dict]) -> None:
+def restructure(model: nn.Module, layer_specs: list[dict], anatomy: dict | None = None) -> None:
     """Reshape each decoder layer of ``model`` to the sizes in ``layer_specs`` (weights uninitialised)."""
+    anatomy = anatomy or DEFAULT_ANATOMY
+    names = anatomy["projections"]
     config = model.config
     hidden = config.hidden_size
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
-    for idx, (layer, spec) in enumerate(zip(model.model.layers, layer_specs)):
-        attn = layer.self_attn
+    layers = reduce(getattr, anatomy["layers"].split("."), model)
+    for idx, (layer, spec) in enumerate(zip(layers, layer_specs)):
+        attn = getattr(layer, anatomy["attention"])
+        proj = lambda block, role: getattr(block, names[role])  # noqa: E731
         n_heads, n_kv = int(spec["num_heads"]), int(spec["num_kv_heads"])
         if n_heads == 0:
-            layer.self_attn = SkippedAttention(hidden, head_dim, idx, bias=bool(spec.get("o_bias")))
+            setattr(layer, anatomy["attention"], SkippedAttention(hidden, head_dim, idx, bias=bool(spec.get("o_bias"))))
         else:
-            attn.q_proj = _linear_like(attn.q_proj, hidden, n_heads * head_dim, attn.q_proj.bias is not None)
-            attn.k_proj = _linear_like(attn.k_proj, hidden, n_kv * head_dim, attn.k_proj.bias is not None)
-            attn.v_proj = _linear_like(attn.v_proj, hidden, n_kv * head_dim, attn.v_proj.bias is not None)
-            o_bias = attn.o_proj.bias is not None or bool(spec.get("o_bias"))
-            attn.o_proj = _linear_like(attn.o_proj, n_heads * head_dim, hidden, o_bias)
+            for role, width in (("q", n_heads), ("k", n_kv), ("v", n_kv)):
+                old = proj(attn, role)
+                setattr(attn, names[role], _linear_like(old, hidden, width * head_dim, old.bias is not None))
+            old = proj(attn, "o")
+            o_bias = old.bias is not None or bool(spec.get("o_bias"))
+            setattr(attn, names["o"], _linear_like(old, n_heads * head_dim, hidden, o_bias))
             attn.num_key_value_groups = n_heads // n_kv
-        mlp = layer.mlp
+        mlp = getattr(layer, anatomy["mlp"])
         width = int(spec["intermediate_size"])
         if width == 0:
-            layer.mlp = SkippedMLP(hidden, bias=bool(spec.get("down_bias")))
+            setattr(layer, anatomy["mlp"], SkippedMLP(hidden, bias=bool(spec.get("down_bias"))))
         else:
-            mlp.gate_proj = _linear_like(mlp.gate_proj, hidden, width, mlp.gate_proj.bias is not None)
-            mlp.up_proj = _linear_like(mlp.up_proj, hidden, width, mlp.up_proj.bias is not None)
-            down_bias = mlp.down_proj.bias is not None or bool(spec.get("down_bias"))
-            mlp.down_proj = _linear_like(mlp.down_proj, width, hidden, down_bias)
+            for role in ("gate", "up"):
+                old = proj(mlp, role)
+                setattr(mlp, names[role], _linear_like(old, hidden, width, old.bias is not None))
+            old = proj(mlp, "down")
+            down_bias = old.bias is not None or bool(spec.get("down_bias"))
+            setattr(mlp, names["down"], _linear_like(old, width, hidden, down_bias))
             mlp.intermediate_size = width
 
 
@@ -113,15 +109,21 @@ def _pruned_class(base):
             super().__init__(config, *args, **kwargs)
             spec = getattr(config, "selfprune", None)
             if spec:
-                restructure(self, spec["layers"])
+                restructure(self, spec["layers"], spec.get("anatomy"))
                 self.post_init()
 
     Pruned.__name__ = Pruned.__qualname__ = "SelfPruned" + base.__name__
     return Pruned
 
 
-SelfPrunedLlamaForCausalLM = _pruned_class(LlamaForCausalLM) if LlamaForCausalLM else None
-SelfPrunedMistralForCausalLM = _pruned_class(MistralForCausalLM) if MistralForCausalLM else None
-SelfPrunedQwen2ForCausalLM = _pruned_class(Qwen2ForCausalLM) if Qwen2ForCausalLM else None
-SelfPrunedQwen3ForCausalLM = _pruned_class(Qwen3ForCausalLM) if Qwen3ForCausalLM else None
-SelfPrunedGemma3ForCausalLM = _pruned_class(Gemma3ForCausalLM) if Gemma3ForCausalLM else None
+_CLASSES: dict[str, type] = {}
+
+
+def __getattr__(name: str):
+    # ``SelfPruned<Base>`` for any transformers causal LM class ``<Base>`` (the config's auto_map
+    # names one), built once: a new model family needs no change here.
+    if name.startswith("SelfPruned") and hasattr(transformers, name[len("SelfPruned"):]):
+        if name not in _CLASSES:
+            _CLASSES[name] = _pruned_class(getattr(transformers, name[len("SelfPruned"):]))
+        return _CLASSES[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
