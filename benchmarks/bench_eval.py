@@ -20,7 +20,8 @@ import torch
 from selfprune.api import prune
 from selfprune.versions import versions
 from selfprune.eval.perplexity import perplexity
-from selfprune.eval.speed import format_speed_table, format_table, speed
+from selfprune.eval.speed import format_speed_table, speed
+from selfprune.report.tables import text_table
 from selfprune.eval.zeroshot import zeroshot
 from selfprune.models import load_model
 
@@ -85,7 +86,7 @@ def summary_table(quality: dict, timing: dict, args) -> str:
     note = (f"ppl: WikiText-2 test, seqlen {p['seqlen']}, first {p['windows']} windows ({p['tokens_scored']} tokens), "
             f"{p['dtype']}; speed: {timing['protocol']['device']}, {timing['protocol']['threads']} threads, "
             f"median of {args.repeats} interleaved repeats after {args.warmup} warm-up")
-    return format_table(header, lines) + "\n" + note
+    return text_table(header, lines) + "\n" + note
 
 
 if __name__ == "__main__":

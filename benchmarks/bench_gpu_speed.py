@@ -77,6 +77,7 @@ def main(argv=None):
     from selfprune.models import get_adapter
     from selfprune.pruning.apply import pruned_view
     from selfprune.pruning.importance import compute_importance
+    from selfprune.options import PruneOptions
     from selfprune.pruning.pipeline import prune_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -113,7 +114,8 @@ def main(argv=None):
     probe = tokens[:1, :64]
     for ratio in args.ratios:
         pruned = copy.deepcopy(dense)
-        result = prune_model(pruned, None, ratio=ratio, scores=scores, mlp_multiple=args.mlp_multiple, progress=False)
+        result = prune_model(pruned, None, ratio=ratio, options=PruneOptions(mlp_multiple=args.mlp_multiple),
+                             scores=scores, progress=False)
         with torch.no_grad():
             with pruned_view(adapter, result.plan):
                 viewed = dense(probe).logits.float()

@@ -81,12 +81,12 @@ def main(argv=None) -> int:
     from selfprune.pruning.apply import pruned_view
     from selfprune.versions import versions
     from selfprune.evolution.llm.backends import LocalBackend, OpenAIBackend
-    from selfprune.evolution.fitness import build_search_problem
     from selfprune.evolution.genome import GenomeSpace
     from selfprune.evolution.loop import Search, SearchConfig
     from selfprune.evolution.operators.classic import EvoPressOperator
-    from selfprune.evolution.llm.operator import LLMSettings
-    from selfprune.evolution.strategies import make_operator, strategy_config
+    from selfprune.evolution.problem import build_search_problem
+    from selfprune.evolution.search import search
+    from selfprune.options import PruneOptions, SearchOptions
 
     operators = [o for o in args.operators.split(",") if o]
     openai_backend = None
@@ -105,9 +105,12 @@ def main(argv=None) -> int:
     rows, speed = [], {}
     for ratio in [float(r) for r in args.ratios.split(",")]:
         t0 = time.perf_counter()
-        problem = build_search_problem(model, tokenizer, ratio, fitness=args.fitness, calib_samples=args.calib_samples,
-                                       calib_seqlen=args.calib_seqlen, fitness_samples=args.fitness_samples,
-                                       fitness_seqlen=args.fitness_seqlen, seed=args.seed, progress=False)
+        prune_options = PruneOptions(calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen)
+        search_options = dict(fitness=args.fitness, fitness_samples=[args.fitness_samples],
+                              fitness_seqlen=args.fitness_seqlen, population=args.population, crossover=args.crossover,
+                              mutation=args.mutation, max_evals=args.max_evals, llm_share=args.llm_share)
+        problem = build_search_problem(model, tokenizer, ratio, prune_options, SearchOptions(**search_options),
+                                       seed=args.seed, progress=False)
         setup_s = time.perf_counter() - t0
         space = GenomeSpace.from_problem(problem, ratio)
         fit = problem.fitness
@@ -128,22 +131,18 @@ def main(argv=None) -> int:
               flush=True)
         gens = max(0, math.ceil((args.max_evals - args.population) / max(1, args.crossover + args.mutation)))
         for name in operators:
-            settings = LLMSettings(share=args.llm_share)
-            if name == "es24":  # the (1+1)-ES reference: one level-move offspring per generation
-                op = EvoPressOperator()
-                cfg = SearchConfig(population=1, generations=23, crossover=0, mutation=1, max_evals=24, seed=args.seed)
-            else:
-                kind = "llm" if name.startswith("llm") else name
-                backend = None
-                if name == "llm-self":
-                    backend = LocalBackend(model, tokenizer, "self")
-                elif name == "llm-openai":
-                    backend = openai_backend
-                op = make_operator(kind, backend, settings)
-                cfg = strategy_config(kind, args.population, gens, args.crossover, args.mutation, args.max_evals,
-                                      seed=args.seed)
             t0 = time.perf_counter()
-            res = Search(space, fit, op, cfg, profiles=problem.profiles, out_dir=out / f"r{ratio}" / name).run()
+            if name == "es24":  # the (1+1)-ES reference: one level-move offspring per generation
+                cfg = SearchConfig(population=1, generations=23, crossover=0, mutation=1, max_evals=24, seed=args.seed)
+                res = Search(space, fit, EvoPressOperator(), cfg, profiles=problem.profiles,
+                             out_dir=out / f"r{ratio}" / name).run()
+            else:  # every operator through the search's one entry point, on the problem scored once
+                kind = "llm" if name.startswith("llm") else name
+                backend = {"llm-self": LocalBackend(model, tokenizer, "self"), "llm-openai": openai_backend}.get(name)
+                options = SearchOptions(**search_options, operator=[kind], generations=gens)
+                found = search(model, tokenizer, ratio, prune_options, options, seed=args.seed, progress=False,
+                               out_dir=out / f"r{ratio}" / name, backend=backend, problem=problem)
+                res = found.results[kind]
             wall = time.perf_counter() - t0
             with pruned_view(adapter, fit.plan(*res.best.genome.arrays()), problem.scores, fit.bias_compensation):
                 held_out = perplexity(model, tokenizer, eval_text, **eval_kw).ppl

@@ -73,7 +73,9 @@ def _assert_clean_error(result, pattern: str, out=None):
     [
         (["--ratio", "1.2"], "outside [0, 1)"),
         (["--ratio", "-0.1"], "outside [0, 1)"),
-        (["--ratio", "0.3", "--metric", "taylor"], "unknown metric 'taylor'"),
+        (["--ratio", "0.3", "--metric", "taylor"], "option --metric: Input should be 'wanda-sp', 'flap' or 'magnitude'"),
+        (["--ratio", "0.3", "--calib-samples", "0"], "option --calib-samples"),
+        (["--ratio", "0.3", "--seed", "x"], "option --seed"),
         ([], "exactly one of --ratio"),
     ],
 )
@@ -119,11 +121,12 @@ def test_pruned_checkpoint_records_its_dense_model(tmp_path, tiny_model):
 
     from selfprune.cli.bench import recorded_baseline
     from selfprune.pruning.checkpoint import save_pruned
+    from selfprune.options import PruneOptions
     from selfprune.pruning.pipeline import prune_model
 
     dense_dir = tmp_path / "dense"
     tiny_model("llama").save_pretrained(dense_dir)
     model = AutoModelForCausalLM.from_pretrained(dense_dir)
-    result = prune_model(model, None, ratio=0.3, metric="magnitude", progress=False)
+    result = prune_model(model, None, ratio=0.3, options=PruneOptions(metric="magnitude"), progress=False)
     out = save_pruned(result.model, None, tmp_path / "pruned")
     assert recorded_baseline(str(out)) == str(dense_dir)

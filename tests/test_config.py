@@ -29,7 +29,7 @@ def test_yaml_round_trip_and_flags_override_yaml(tmp_path):
                         "eval:\n  tasks: piqa\n")
     args = build_parser().parse_args(["run", "--config", str(cfg_file), "--ratio", "0.4", "--generations", "2",
                                       "--no-bench", "--shapes", "1x64,2x32", "--limit", "none"])
-    from selfprune.cli.run import overrides_from
+    from selfprune.cli.options import overrides_from
 
     cfg = load_config(cfg_file, overrides_from(args))
     assert cfg.ratio == 0.4 and cfg.search.population == 6 and cfg.search.generations == 2
@@ -55,7 +55,8 @@ def test_every_config_field_has_a_flag_and_every_option_of_the_other_subcommands
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     run_flags = {s for a in sub.choices["run"]._actions for s in a.option_strings}
-    from selfprune.cli.run import POSITIONAL, flag_for
+    from selfprune.cli.options import flag_for
+    from selfprune.cli.run import POSITIONAL
 
     for path in field_paths():
         assert path in POSITIONAL or flag_for(path) in run_flags, path
@@ -114,16 +115,22 @@ def test_invalid_yaml_and_unknown_preset_are_user_errors(tmp_path):
     assert RunConfig.model_fields["model"].is_required()
 
 
-def test_preflight_skips_unreachable_wikitext_only_when_asked_for_auto(tmp_path, default_model_dir, wikitext_test_path):
-    from selfprune.runner import preflight
+def test_preflight_falls_back_to_an_offline_text_only_when_asked_for_auto(tmp_path, default_model_dir,
+                                                                          wikitext_test_path):
+    from selfprune.preflight import check_run as preflight
 
     base = {"model": "default", "ratio": 0.3, "output": {"dir": str(tmp_path / "run")}, "eval": {"tasks": "piqa"}}
-    # Offline (the test session has no hub): `auto` skips perplexity with a warning ...
+    # Offline (the test session has no hub): `auto` scores the shipped CoQA stories, says so, and
+    # never calls them WikiText-2 ...
     pre = preflight(resolve({**base, "eval": {"ppl": "auto", "tasks": "piqa"}}))
-    assert pre.eval_text is None and "perplexity skipped" in pre.warnings[0] and pre.tasks == ["piqa"]
+    assert pre.eval_text.source.startswith("CoQA stories") and "WikiText" not in pre.eval_text.source
+    assert "CoQA" in pre.warnings[0] and pre.tasks == ["piqa"] and len(pre.eval_text.text) > 500_000
     # ... an explicit source must load, and a local file does.
     with pytest.raises(SelfpruneError, match="WikiText-2"):
         preflight(resolve({**base, "eval": {"ppl": "wikitext2"}}))
+    # ... and a calibration text that is the evaluation text is refused.
+    with pytest.raises(SelfpruneError, match="evaluation text itself"):
+        preflight(resolve({**base, "prune": {"calib": str(wikitext_test_path)}, "eval": {"ppl": str(wikitext_test_path)}}))
     pre = preflight(resolve({**base, "eval": {"ppl": str(wikitext_test_path)}}))
     assert pre.eval_text.source == str(wikitext_test_path.resolve()) and not pre.warnings
     assert not (tmp_path / "run").exists()

@@ -105,6 +105,7 @@ def test_unsupported_architecture_lists_supported():
 def test_flap_bias_compensation_beats_plain_removal(default_model):
     """On the real default model, FLAP's bias compensation lowers the loss of the pruned model."""
     from selfprune.models import load_model
+    from selfprune.options import PruneOptions
     from selfprune.pruning.pipeline import calibration_blocks, prune_model
 
     _, tokenizer = default_model
@@ -112,8 +113,8 @@ def test_flap_bias_compensation_beats_plain_removal(default_model):
     losses = {}
     for comp in (False, True):
         model, _ = load_model("default")
-        prune_model(model, tokenizer, ratio=0.3, metric="flap", calib_samples=4, calib_seqlen=128,
-                    bias_compensation=comp, progress=False)
+        options = PruneOptions(metric="flap", calib_samples=4, calib_seqlen=128, bias_compensation=comp)
+        prune_model(model, tokenizer, ratio=0.3, options=options, progress=False)
         with torch.no_grad():
             losses[comp] = model(eval_ids, labels=eval_ids).loss.item()
     assert losses[True] < losses[False]

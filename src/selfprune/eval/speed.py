@@ -252,10 +252,6 @@ def format_speed_table(result: dict) -> str:
                      + [f"{c['ideal']:.2f}"]
                      + [f"{c['prefill_speedup'][s]:.2f} ({c['prefill_vs_ideal'][s]:.2f})" for s in shapes]
                      + [f"{c['decode_speedup'][b]:.2f} ({c['decode_vs_ideal'][b]:.2f})" for b in batches])
-    return format_table(header, lines)
+    from selfprune.report.tables import text_table
 
-
-def format_table(header: list[str], lines: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(l) for l in lines])
+    return text_table(header, lines)

@@ -21,7 +21,7 @@ import numpy as np
 from selfprune.errors import SelfpruneError
 from selfprune.evolution.budget import Budget
 from selfprune.atomic import atomic_write_json
-from selfprune.evolution.checkpoint import Transcript
+from selfprune.evolution.transcript import Transcript
 from selfprune.evolution.evaluator import Evaluator
 from selfprune.evolution.genome import Genome, GenomeSpace, RepairStats
 from selfprune.evolution.operators.base import Context, Individual, MoveRecord, Operator, Proposal
@@ -73,6 +73,19 @@ class SearchResult:
     population: list[Individual]
     history: list[dict[str, Any]]
     report: dict[str, Any]
+    evaluated: dict[tuple[int, ...], dict[int, float]] = field(default_factory=dict)  # genome key -> stage -> fitness
+
+    def fitness_of(self, genome: Genome, stage: int | None = None) -> float | None:
+        """The fitness this search measured for ``genome`` (last stage by default), or None."""
+        entry = self.evaluated.get(genome.key, {})
+        return entry.get(max(entry) if stage is None and entry else stage) if entry else None
+
+
+def median(values: list[float]) -> float:
+    if not values:
+        return math.inf
+    values, n = sorted(values), len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
 
 
 @dataclass
@@ -150,7 +163,7 @@ class Search:
         return Context(
             space=self.space, population=self.state.population, rng=self.rng, profiles=self.profiles,
             generation=self.state.generation, stalled=self.state.stalled, moves=self.state.moves,
-            log=self._log,
+            log=self._log, fitness_name=getattr(self.evaluator.fitness, "display_name", "fitness"),
         )
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -242,6 +255,9 @@ class Search:
             "generation": self.state.generation,
             "best": pop[0].fitness,
             "mean": float(np.mean(finite)) if finite else math.inf,
+            # With a few hopeless candidates in the population the mean says little; the median
+            # says how the population moves.
+            "median": median(finite),
             "best_origin": pop[0].origin,
             "offspring": offspring,
             "evals": self.budget.total_evals,
@@ -348,4 +364,5 @@ class Search:
             atomic_write_json(self.out_dir / "history.json", self.state.history)
             atomic_write_json(self.out_dir / "report.json", {**report, "config": self.config.to_json(),
                                                              "space": self.space.to_json(), **self.meta})
-        return SearchResult(best, list(self.state.population), list(self.state.history), report)
+        evaluated = {k: dict(v) for k, v in self.evaluator.cache.items()}
+        return SearchResult(best, list(self.state.population), list(self.state.history), report, evaluated)

@@ -10,8 +10,6 @@ higher means more important. ``stats[role]`` holds the input statistics of that 
 
 from __future__ import annotations
 
-import torch
-
 from selfprune.errors import SelfpruneError
 
 

@@ -16,6 +16,7 @@ from selfprune.pruning.apply import apply_plan
 from selfprune.pruning.checkpoint import save_pruned
 from selfprune.pruning.importance import ImportanceScores, compute_importance
 from selfprune.pruning.metrics import get_metric
+from selfprune.options import PruneOptions
 from selfprune.pruning.plan import PruningPlan, make_plan, prunable_params
 
 
@@ -120,42 +121,34 @@ def prune_model(
     ratio: float | None = None,
     attn_rates=None,
     mlp_rates=None,
-    metric: str = "wanda-sp",
-    calib: str = "lambada",
-    calib_samples: int = 32,
-    calib_seqlen: int = 256,
+    options: PruneOptions | None = None,
     seed: int = 0,
-    attn_granularity: str = "head",
-    mlp_multiple: int = 1,
-    bias_compensation: bool | None = None,
     scores: ImportanceScores | None = None,
     progress: bool = True,
 ) -> PruneResult:
     """Prune ``model`` in place at a uniform ``ratio`` or at per-layer rates; return the result."""
+    o = options or PruneOptions()
     adapter = get_adapter(model)
-    check_metric(metric)
+    metric = get_metric(o.metric)
     if attn_rates is None:
         ratio = check_ratio(ratio)
         attn_rates = mlp_rates = [ratio] * adapter.num_layers
     elif mlp_rates is None:
         mlp_rates = attn_rates
-    if bias_compensation is None:
-        bias_compensation = default_bias_compensation(metric)
+    compensate = metric.compensates_by_default if o.bias_compensation is None else o.bias_compensation
     torch.manual_seed(seed)
     if scores is None:
-        if get_metric(metric).needs_activations or bias_compensation:
-            blocks = calibration_blocks(tokenizer, calib, calib_samples, calib_seqlen, seed)
+        if metric.needs_activations or compensate:
+            blocks = calibration_blocks(tokenizer, o.calib, o.calib_samples, o.calib_seqlen, seed)
         else:
-            blocks = torch.zeros(1, 2, dtype=torch.long)  # magnitude needs no activations; a token pair suffices
-        scores = compute_importance(adapter, blocks, metric, progress=progress)
+            blocks = torch.zeros(1, 2, dtype=torch.long)  # weights alone: a token pair suffices
+        scores = compute_importance(adapter, blocks, o.metric, progress=progress)
     plan = make_plan(adapter, scores.head_scores, scores.channel_scores, attn_rates, mlp_rates,
-                     attn_granularity=attn_granularity, mlp_multiple=mlp_multiple)
+                     attn_granularity=o.attn_granularity, mlp_multiple=o.mlp_multiple)
     dense_total = sum(p.numel() for p in model.parameters())
     dense_prunable = prunable_params(adapter)
-    pruned_prunable = prunable_params(adapter, plan, bias_compensation)
-    apply_plan(adapter, plan, scores, bias_compensation)
+    pruned_prunable = prunable_params(adapter, plan, compensate)
+    apply_plan(adapter, plan, scores, compensate)
     summary = summarize(plan, dense_total, dense_prunable, pruned_prunable)
-    summary.update({"metric": metric, "calib": calib, "calib_samples": calib_samples,
-                    "calib_seqlen": calib_seqlen, "seed": seed, "bias_compensation": bias_compensation,
-                    "attn_granularity": attn_granularity, "mlp_multiple": mlp_multiple})
+    summary.update({**o.model_dump(), "seed": seed, "bias_compensation": compensate})
     return PruneResult(model, tokenizer, plan, scores, summary)

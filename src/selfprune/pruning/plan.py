@@ -23,8 +23,8 @@ import torch
 
 from selfprune.errors import SelfpruneError
 from selfprune.models.adapter import ModelAdapter
+from selfprune.pruning.layouts import attention_layouts
 
-GRANULARITIES = ("head", "group")
 
 
 @dataclass
@@ -53,14 +53,6 @@ class PruningPlan:
     mlp_rates: list[float]  # requested
     attn_granularity: str = "head"
     mlp_multiple: int = 1
-
-
-def attention_layouts(adapter: ModelAdapter, granularity: str = "head") -> list[tuple[int, int]]:
-    """All valid (kept KV groups, heads per group) layouts, (0, 0) meaning attention removed."""
-    if granularity not in GRANULARITIES:
-        raise SelfpruneError(f"unknown attention granularity '{granularity}'; choose one of {', '.join(GRANULARITIES)}")
-    per_group = range(1, adapter.heads_per_group + 1) if granularity == "head" else [adapter.heads_per_group]
-    return [(0, 0)] + [(k, m) for k in range(1, adapter.num_kv_heads + 1) for m in per_group]
 
 
 def attention_levels(adapter: ModelAdapter, granularity: str = "head") -> list[float]:

@@ -19,10 +19,16 @@ UNIFORM_COLOR = "#7f7f7f"
 
 
 def _fitness_label(problem: dict) -> str:
-    kind = problem.get("fitness", "ppl")
     tokens = problem.get("fitness_tokens")
-    what = "perplexity" if kind == "ppl" else "KL to dense"
+    what = problem.get("fitness_name") or _display_name(problem.get("fitness", "ppl"))
     return f"fitness: {what}" + (f" on {tokens:,} held-out tokens" if tokens else "") + " (lower is better)"
+
+
+def _display_name(kind: str) -> str:
+    """How the objective ``kind`` is named (for runs that did not record its name)."""
+    from selfprune.evolution.objectives import OBJECTIVES
+
+    return OBJECTIVES[kind].display if kind in OBJECTIVES else kind
 
 
 def convergence(ax, histories: dict[str, list[dict]], uniform_fitness: float | None, problem: dict) -> None:

@@ -108,6 +108,8 @@ def _source_name(source: str) -> str:
     """A short name for a perplexity source (file paths shown by their file name)."""
     if source.startswith("wikitext2"):
         return "WikiText-2"
+    if source.startswith("CoQA stories"):
+        return "CoQA stories, offline"
     name = source.rsplit("/", 1)[-1]
     return "WikiText-2 test" if name == "wiki.test.raw" else name
 

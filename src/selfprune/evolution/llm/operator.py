@@ -241,9 +241,10 @@ class LLMOperator(Operator):
             lines = []
             for i, ind in enumerate(shown, 1):
                 a, m = self._points(ind.genome.vector, ctx, segments)
-                lines.append(f"{i}: perplexity {ind.fitness:.4g}; attn {' '.join(map(str, a))}; mlp {' '.join(map(str, m))}")
+                lines.append(f"{i}: {ctx.fitness_name} {ind.fitness:.4g}; attn {' '.join(map(str, a))}; mlp {' '.join(map(str, m))}")
             prompt = self.templates["crossover"].substitute(
                 num_layers=ctx.space.num_layers, segments=segments, candidates="\n".join(lines),
+                fitness_name=ctx.fitness_name,
                 ex_take="AB" * (segments // 2) + "A" * (segments % 2),
             )
 
@@ -286,7 +287,7 @@ class LLMOperator(Operator):
             fitness=f"{parent.fitness:.4g}", best=f"{ctx.best.fitness:.4g}",
             attn_importance=self._importance(ctx, "attn_importance"),
             mlp_importance=self._importance(ctx, "mlp_importance"),
-            history=self._history(ctx), max_moves=self.s.max_moves, last_layer=L - 1,
+            history=self._history(ctx), max_moves=self.s.max_moves, last_layer=L - 1, fitness_name=ctx.fitness_name,
             ex_from=ex_from, ex_to=ex_to,
         )
 
@@ -317,5 +318,5 @@ class LLMOperator(Operator):
         lines = []
         for r in pick:
             desc = ", ".join(f"from {m.src} to {m.dst} {m.part} {int(round(100 * m.amount))}" for m in r.moves)
-            lines.append(f"{desc}: perplexity {-100 * r.gain:+.1f}%")
+            lines.append(f"{desc}: {ctx.fitness_name} {-100 * r.gain:+.1f}%")
         return "\n".join(lines)

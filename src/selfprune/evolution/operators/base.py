@@ -93,6 +93,7 @@ class Context:
     stalled: int = 0  # generations since the best fitness last improved
     moves: list[MoveRecord] = field(default_factory=list)
     log: Callable[[dict[str, Any]], None] = lambda record: None  # the operator transcript
+    fitness_name: str = "fitness"  # what the fitness measures, e.g. "perplexity" or "KL to dense"
 
     @property
     def best(self) -> Individual:

@@ -1,6 +1,5 @@
-"""Crash-safe files for a search: an append-only transcript that a resume
-truncates back to the last checkpoint, so a run killed at any moment loses at most the
-generation in flight."""
+"""The operator transcript: an append-only JSON-lines file that a resume truncates back to the
+last checkpoint, so a search killed at any moment keeps a transcript that matches its state."""
 
 from __future__ import annotations
 
@@ -16,14 +15,12 @@ class Transcript:
     def __init__(self, path: Path | None):
         self.path = Path(path) if path else None
         self.lines = 0
-        self.records: list[dict[str, Any]] = []  # kept in memory when there is no file
         if self.path and self.path.exists():
             self.lines = sum(1 for _ in self.path.open())
 
     def log(self, record: dict[str, Any]) -> None:
         self.lines += 1
-        if self.path is None:
-            self.records.append(record)
+        if self.path is None:  # a search without a folder keeps no transcript
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record, default=str) + "\n")

@@ -1,0 +1,98 @@
+"""Command-line flags generated from the option objects (``selfprune.options``), so ``prune``,
+``search`` and ``run`` share every flag's name, default, help and allowed values."""
+
+from __future__ import annotations
+
+import argparse
+import typing
+
+# Flags whose name is not simply the field's name (kept equal across subcommands).
+FLAG_NAMES = {
+    "output.dir": "--out",
+    "bench.enabled": "--bench",
+    "eval.dense": "--eval-dense",
+}
+_METAVARS = {"shapes": "BxS,...", "operator": "NAME[,NAME]", "tasks": "LIST|all", "dir": "DIR",
+             "preset": "{quick,paper}", "fitness_samples": "N[,N...]", "stage_keep": "F[,F...]"}
+
+
+def flag_for(path: str) -> str:
+    return FLAG_NAMES.get(path) or "--" + path.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def field_info(parts: tuple[str, ...]):
+    from selfprune.config import RunConfig
+
+    info = RunConfig.model_fields[parts[0]]
+    if len(parts) == 2:
+        info = info.annotation.model_fields[parts[1]]
+    return info
+
+
+def add_option_flags(parser: argparse.ArgumentParser, paths: list[str], grouped: bool = True) -> None:
+    """One flag per config field in ``paths`` (``section.field`` or a top-level field). Flags not
+    given stay absent from the namespace, so they never override a config file."""
+    from selfprune.config import field_paths
+
+    all_paths = field_paths()
+    groups: dict[str, argparse._ActionsContainer] = {}
+    for path in paths:
+        parts = all_paths[path]
+        section = parts[0] if len(parts) == 2 else "run"
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"{section} options") if grouped else parser
+        info = field_info(parts)
+        kwargs = dict(dest=path, default=argparse.SUPPRESS, help=_help(info))
+        if _is_bool(info.annotation):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = _metavar(path, info)
+        groups[section].add_argument(flag_for(path), **kwargs)
+
+
+def section_paths(*sections: str) -> list[str]:
+    from selfprune.config import field_paths
+
+    return [p for p, parts in field_paths().items() if len(parts) == 2 and parts[0] in sections]
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    """Nested {section: {field: value}} of the flags actually given; 'none'/'null' clear a field."""
+    from selfprune.config import field_paths
+
+    out: dict = {}
+    for path, parts in field_paths().items():
+        if path not in vars(args):
+            continue
+        value = getattr(args, path)
+        if isinstance(value, str) and value.lower() in ("none", "null"):
+            value = None
+        target = out
+        for key in parts[:-1]:
+            target = target.setdefault(key, {})
+        target[parts[-1]] = value
+    return out
+
+
+def _is_bool(annotation) -> bool:
+    return annotation is bool or annotation == (bool | None)
+
+
+def _metavar(path: str, info) -> str:
+    name = path.rsplit(".", 1)[-1]
+    if name in _METAVARS:
+        return _METAVARS[name]
+    if typing.get_origin(info.annotation) is typing.Literal:
+        return "{" + ",".join(typing.get_args(info.annotation)) + "}"
+    return name.upper()
+
+
+def _help(info) -> str:
+    text = info.description or ""
+    default = info.default
+    if info.is_required():
+        return text + " (required)"
+    if default is not None:
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        text += f" (default: {shown})"
+    return text.replace("%", "%%")
