@@ -110,14 +110,31 @@ class SearchOptions(Options):
                 raise ValueError(f"'{v}' is not a comma-separated list of fractions like 0.25 or 0.5,0.25") from None
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fill(cls, data):
+        """Defaults that depend on other fields: the LLM operator's LLM is the model itself, and
+        several fitness stages promote a quarter of the offspring at each stage."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        ops = data.get("operator", cls.model_fields["operator"].default)
+        ops = cls._split(ops) if isinstance(ops, str) else ops
+        if isinstance(ops, list) and "llm" in ops and data.get("llm") is None:
+            data["llm"] = "self"
+        try:
+            stages = len(cls._int_list(data.get("fitness_samples", cls.model_fields["fitness_samples"].default)))
+        except (TypeError, ValueError):
+            stages = 1  # the field's own validator reports it
+        if data.get("stage_keep") is None and stages > 1:
+            data["stage_keep"] = [0.25] * (stages - 1)
+        return data
+
     @model_validator(mode="after")
     def _consistent(self):
-        filled = {}
         if any(n < 1 for n in self.fitness_samples) or self.fitness_samples != sorted(self.fitness_samples):
             raise bad("fitness_samples", f"must be positive and non-decreasing, got {self.fitness_samples}")
         keep = self.stage_keep
-        if keep is None and len(self.fitness_samples) > 1:
-            keep = filled["stage_keep"] = [0.25] * (len(self.fitness_samples) - 1)
         if keep is not None:
             if len(keep) != len(self.fitness_samples) - 1:
                 raise bad("stage_keep", f"needs one fraction per fitness stage but the last "
@@ -130,8 +147,6 @@ class SearchOptions(Options):
             raise bad("operator", f"lists a name twice: {self.operator}")
         uses_llm = "llm" in self.operator
         llm = self.llm
-        if uses_llm and llm is None:
-            llm = filled["llm"] = "self"  # the model being pruned writes its own genomes
         if not uses_llm and (llm is not None or self.llm_base_url is not None):
             raise bad("llm" if llm is not None else "llm_base_url",
                       "is set but no 'llm' operator runs; add llm to search.operator or drop it")
@@ -141,7 +156,7 @@ class SearchOptions(Options):
                 raise bad("llm", f"'{llm}' is not one of: self, local:PATH, openai:MODEL")
             if self.llm_base_url and kind != "openai":
                 raise bad("llm_base_url", "needs llm: openai:MODEL (the model name the server serves)")
-        return self.model_copy(update=filled) if filled else self
+        return self
 
     def budget_evals(self) -> int:
         """Fitness evaluations per operator."""
