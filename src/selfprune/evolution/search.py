@@ -14,6 +14,8 @@ from typing import Any, Callable
 import numpy as np
 
 from selfprune.evolution.genome import Genome, GenomeSpace
+from selfprune.evolution.llm.backends import make_backend
+from selfprune.evolution.llm.operator import LLMSettings
 from selfprune.evolution.loop import Search, SearchResult
 from selfprune.evolution.problem import SearchProblem, build_search_problem
 from selfprune.evolution.strategies import get_strategy
@@ -66,8 +68,6 @@ class SearchOutcome:
 
 def make_chat_backend(options: SearchOptions, model=None, tokenizer=None):
     """The operator LLM's backend: a server, a second local model, or the model being pruned."""
-    from selfprune.evolution.llm.backends import make_backend
-
     return make_backend(options.llm, base_url=options.llm_base_url, self_model=model, self_tokenizer=tokenizer,
                         api_key_env=options.llm_api_key_env, timeout=options.llm_timeout)
 
@@ -83,8 +83,6 @@ def search(model, tokenizer, ratio: float, prune: PruneOptions | None = None, op
     ``backend`` is an already checked chat backend for the LLM operator (else one is made).
     ``problem``: one built earlier for the same model, options and seed (scored once, reused).
     """
-    from selfprune.evolution.llm.operator import LLMSettings
-
     prune, options = prune or PruneOptions(), options or SearchOptions()
     problem = problem or build_search_problem(model, tokenizer, ratio, prune, options, seed=seed, progress=progress)
     space = GenomeSpace.from_problem(problem, ratio, bounds=(options.min_rate, options.max_rate),
