@@ -98,6 +98,7 @@ def export_gguf(pruned_dir: str | os.PathLike, out_path: str | os.PathLike, outt
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result gets ordinary permissions
         os.replace(tmp, out)
     except OSError as exc:
         raise SelfpruneError(f"cannot write '{out}': {exc.strerror or exc}") from None
@@ -116,6 +117,12 @@ def export_gguf(pruned_dir: str | os.PathLike, out_path: str | os.PathLike, outt
         "tokenizer": vocab.describe(),
         "notes": list(target.notes),
     }
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _model_name(src) -> str:

@@ -375,16 +375,18 @@ class OpenElmTarget(Target):
         for i, lay in enumerate(self.layout):
             p = self.layer_prefix(i)
             yield tname(T.ATTN_NORM, i), src.tensor(p + "input_layernorm.weight", (h,))
-            yield tname(T.ATTN_Q_NORM, i), src.tensor(p + "self_attn.q_norm.weight", (hd,))
-            yield tname(T.ATTN_K_NORM, i), src.tensor(p + "self_attn.k_norm.weight", (hd,))
             if lay.attn == "kept":
+                yield tname(T.ATTN_Q_NORM, i), src.tensor(p + "self_attn.q_norm.weight", (hd,))
+                yield tname(T.ATTN_K_NORM, i), src.tensor(p + "self_attn.k_norm.weight", (hd,))
                 nq, nkv = lay.heads * hd, lay.kv_heads * hd
                 qkv = torch.cat([src.tensor(p + "self_attn.q_proj.weight", (nq, h)),
                                  src.tensor(p + "self_attn.k_proj.weight", (nkv, h)),
                                  src.tensor(p + "self_attn.v_proj.weight", (nkv, h))])
                 yield tname(T.ATTN_QKV, i), qkv
                 yield tname(T.ATTN_OUT, i), src.tensor(p + "self_attn.o_proj.weight", (h, nq))
-            else:
+            else:  # a removed block's norms are gone with it; any weight works on its all-zero q and k
+                yield tname(T.ATTN_Q_NORM, i), torch.ones(hd)
+                yield tname(T.ATTN_K_NORM, i), torch.ones(hd)
                 yield tname(T.ATTN_QKV, i), torch.zeros(3 * hd, h)
                 yield tname(T.ATTN_OUT, i), torch.zeros(h, hd)
             yield tname(T.FFN_NORM, i), src.tensor(p + "post_attention_layernorm.weight", (h,))

@@ -31,8 +31,8 @@ class ModelSource:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
         if not self.path.is_dir():
-            what = "a file" if self.path.exists() else "not found"
-            raise SelfpruneError(f"'{self.path}' is {what}; pass a pruned checkpoint directory (or a dense model directory)")
+            what = "is a file" if self.path.exists() else "does not exist"
+            raise SelfpruneError(f"'{self.path}' {what}; pass a pruned checkpoint directory (or a dense model directory)")
         config_file = self.path / "config.json"
         if not config_file.is_file():
             raise SelfpruneError(f"'{self.path}' is not a model directory (no config.json); pass a pruned checkpoint directory")
