@@ -65,14 +65,14 @@ def export_gguf(pruned_dir: str | os.PathLike, out_path: str | os.PathLike, outt
     """
     import gguf
 
-    from selfprune.export.gguf_arch import target_for
+    from selfprune.export.gguf_arch import MODEL_TYPES, target_for
     from selfprune.export.gguf_vocab import read_vocab
     from selfprune.export.source import ModelSource
 
     if outtype not in OUTTYPES:
         raise SelfpruneError(f"unknown outtype '{outtype}'; choose one of {', '.join(OUTTYPES)}")
     out = check_out_path(out_path)
-    src = ModelSource(pruned_dir)
+    src = ModelSource(pruned_dir, MODEL_TYPES)
     target = target_for(src)  # all structural checks happen here, before anything is written
     n_vocab = int(src.tensor("model.embed_tokens.weight").shape[0])
     vocab = read_vocab(src.path, n_vocab)

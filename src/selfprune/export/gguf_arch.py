@@ -502,6 +502,7 @@ class Gemma3Target(Target):
 
 
 TARGETS: tuple[type[Target], ...] = (DeciTarget, OpenElmTarget, Gemma3Target)
+MODEL_TYPES = tuple(f for cls in TARGETS for f in cls.families)
 
 
 def target_for(src: ModelSource) -> Target:
@@ -509,5 +510,4 @@ def target_for(src: ModelSource) -> Target:
     for cls in TARGETS:
         if src.model_type in cls.families:
             return cls(src)
-    supported = ", ".join(f for cls in TARGETS for f in cls.families)
-    raise SelfpruneError(f"model type '{src.model_type}' is not exported to GGUF; supported: {supported}")
+    raise SelfpruneError(f"model type '{src.model_type}' is not exported to GGUF; supported: {', '.join(MODEL_TYPES)}")

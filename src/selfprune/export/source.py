@@ -28,7 +28,7 @@ class LayerShape:
 class ModelSource:
     """A model directory (dense or pruned) whose tensors are read one at a time, as float32."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, model_types: tuple[str, ...] | None = None):
         self.path = Path(path).expanduser()
         if not self.path.is_dir():
             what = "is a file" if self.path.exists() else "does not exist"
@@ -43,6 +43,8 @@ class ModelSource:
         if not isinstance(self.config, dict) or "model_type" not in self.config:
             raise SelfpruneError(f"{config_file} has no model_type; it is not a Hugging Face model config")
         self.model_type = self.config["model_type"]
+        if model_types is not None and self.model_type not in model_types:
+            raise SelfpruneError(f"model type '{self.model_type}' is not exported to GGUF; supported: {', '.join(model_types)}")
         self.record = self.config.get("selfprune") or None  # None: a dense model
         self._index = self._index_tensors()
         self.num_layers = int(self.get_config("num_hidden_layers"))
