@@ -89,11 +89,14 @@ def export_gguf(pruned_dir: str | os.PathLike, out_path: str | os.PathLike, outt
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         target.write_hparams(writer, n_vocab)
         vocab.write(writer)
-        n_tensors = 0
+        n_tensors, n_params, fallback = 0, 0, []
         for name, t in target.tensors():
             data, qtype = encode(name, t, outtype)
             writer.add_tensor(name, data, raw_dtype=qtype)
             n_tensors += 1
+            n_params += t.numel()
+            if outtype == "q8_0" and qtype.name == "F16" and t.shape[-1] > 1:  # constant blocks are 1 wide
+                fallback.append(name)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -113,10 +116,18 @@ def export_gguf(pruned_dir: str | os.PathLike, out_path: str | os.PathLike, outt
         "family": src.model_type,
         "pruned": src.pruned,
         "tensors": n_tensors,
+        "params": n_params,
         "layers": [layer.describe() for layer in target.layout],
         "tokenizer": vocab.describe(),
-        "notes": list(target.notes),
+        "notes": list(target.notes) + _fallback_note(fallback),
     }
+
+
+def _fallback_note(names: list[str]) -> list[str]:
+    if not names:
+        return []
+    return [f"{len(names)} matrices stored as f16, not q8_0: their rows are not a multiple of 32 values "
+            f"(e.g. {names[0]}); prune with --mlp-multiple 32 to quantize them all"]
 
 
 def _umask() -> int:
