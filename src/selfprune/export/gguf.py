@@ -137,6 +137,7 @@ def _umask() -> int:
 
 
 def _model_name(src) -> str:
-    record = src.record or {}
-    base = record.get("base_model") or src.config.get("_name_or_path") or src.path.name
-    return f"{base} (selfprune)" if src.pruned else str(base)
+    if not src.pruned:
+        return src.path.name
+    base = (src.record or {}).get("base_model")
+    return f"{src.path.name} (pruned from {base} by selfprune)" if base else f"{src.path.name} (pruned by selfprune)"
