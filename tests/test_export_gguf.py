@@ -266,6 +266,20 @@ def test_refuses_what_llama_cpp_cannot_express(smollm_tokenizer, tmp_path):
     _assert_refused(tmp_path / "c", tmp_path / "g3", "different sizes per layer")
 
 
+@pytest.mark.parametrize("edit, pattern", [
+    (lambda t: t["model"].update(byte_fallback=True), "byte fallback"),  # SentencePiece style
+    (lambda t: t.update(pre_tokenizer={"type": "Whitespace"}), "pre-tokenizer .* not one llama.cpp implements"),
+    (lambda t: t.update(normalizer={"type": "Lowercase"}), "normalizer \\(Lowercase\\)"),
+])
+def test_refuses_tokenizers_llama_cpp_would_split_differently(smollm_tokenizer, tmp_path, edit, pattern):
+    ckpt = tmp_path / "ckpt"
+    tiny_checkpoint("llama", smollm_tokenizer, ckpt, [0.5] * 3, [0.5] * 3, True)
+    spec = json.loads((ckpt / "tokenizer.json").read_text())
+    edit(spec)
+    (ckpt / "tokenizer.json").write_text(json.dumps(spec))
+    _assert_refused(tmp_path, ckpt, pattern)
+
+
 def test_failure_mid_write_leaves_no_file(smollm_tokenizer, tmp_path):
     from safetensors.torch import load_file, save_file
 
