@@ -81,7 +81,7 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE", help="write the measurements, protocol and versions here")
     args = ap.parse_args()
 
-    import selfprune
+    from selfprune.api import prune  # not selfprune.prune: once imported, that name is the subpackage
     from selfprune.export.gguf import export_gguf
     from selfprune.models.loading import resolve_model_path
     from selfprune.report.tables import markdown_table, text_table
@@ -96,7 +96,7 @@ def main() -> int:
         pruned_dir = work / f"pruned-{args.ratio}"
         if not (pruned_dir / "config.json").exists():
             print(f"pruning {args.model} at {args.ratio:.0%} into {pruned_dir}", file=sys.stderr)
-            selfprune.prune(args.model, ratio=args.ratio, mlp_multiple=args.mlp_multiple).save(pruned_dir)
+            prune(args.model, ratio=args.ratio, mlp_multiple=args.mlp_multiple).save(pruned_dir)
 
     from transformers import AutoTokenizer
 

@@ -58,13 +58,13 @@ REMOVED_ATTN, REMOVED_MLP = 20, 25
 
 @pytest.fixture(scope="module")
 def pruned_default(tmp_path_factory, default_model_dir):
-    import selfprune
+    from selfprune.api import prune  # not selfprune.prune: once imported, that name is the subpackage
 
     # ~30% of attention+MLP overall: one attention and one MLP block removed, the rest at 27.6%.
     rates = [{"attn": 0.276, "mlp": 0.276} for _ in range(30)]
     rates[REMOVED_ATTN]["attn"] = 1.0
     rates[REMOVED_MLP]["mlp"] = 1.0
-    result = selfprune.prune(default_model_dir, rates=rates, calib_samples=8, calib_seqlen=128)
+    result = prune(default_model_dir, rates=rates, calib_samples=8, calib_seqlen=128)
     out = tmp_path_factory.mktemp("gguf") / "pruned30"
     result.save(out)
     record = json.loads((out / "config.json").read_text())["selfprune"]
