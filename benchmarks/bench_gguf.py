@@ -81,7 +81,7 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE", help="write the measurements, protocol and versions here")
     args = ap.parse_args()
 
-    from selfprune.api import prune  # not selfprune.prune: once imported, that name is the subpackage
+    from selfprune import prune
     from selfprune.export.gguf import export_gguf
     from selfprune.models.loading import resolve_model_path
     from selfprune.report.tables import markdown_table, text_table

@@ -58,7 +58,7 @@ REMOVED_ATTN, REMOVED_MLP = 20, 25
 
 @pytest.fixture(scope="module")
 def pruned_default(tmp_path_factory, default_model_dir):
-    from selfprune.api import prune  # not selfprune.prune: once imported, that name is the subpackage
+    from selfprune import prune
 
     # ~30% of attention+MLP overall: one attention and one MLP block removed, the rest at 27.6%.
     rates = [{"attn": 0.276, "mlp": 0.276} for _ in range(30)]
@@ -177,10 +177,10 @@ def tiny_checkpoint(family, tokenizer, out, attn=None, mlp=None, compensation=Fa
     from transformers import AutoModelForCausalLM
 
     from selfprune.models import get_adapter
-    from selfprune.prune.apply import apply_plan
-    from selfprune.prune.checkpoint import save_pruned
-    from selfprune.prune.importance import compute_importance
-    from selfprune.prune.plan import make_plan
+    from selfprune.pruning.apply import apply_plan
+    from selfprune.pruning.checkpoint import save_pruned
+    from selfprune.pruning.importance import compute_importance
+    from selfprune.pruning.plan import make_plan
 
     torch.manual_seed(0)
     cfg = tiny_config(family)
