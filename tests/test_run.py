@@ -23,7 +23,8 @@ TINY = [
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, wikitext_test_path, default_model_dir):
     out = tmp_path_factory.mktemp("runs") / "smollm2-30"
-    argv = ["run", "default", "--ratio", "0.3", *TINY, "--ppl", str(wikitext_test_path), "--out", str(out), "--quiet"]
+    argv = ["run", "default", "--ratio", "0.3", *TINY, "--ppl", str(wikitext_test_path), "--out", str(out), "--quiet",
+            "--export", "gguf"]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main(argv) == 0
@@ -45,8 +46,10 @@ def test_run_writes_a_reloadable_model_a_report_and_its_plots(run_dir):
     for png in ("convergence.png", "rates.png", "overview.png"):
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(run_dir.parent.glob(".*tmp*")), "the temporary run folder must be gone"
+    assert (run_dir / "model.gguf").read_bytes()[:4] == b"GGUF"  # --export gguf (checked in llama.cpp elsewhere)
 
     results = json.loads((run_dir / "results.json").read_text())
+    assert results["export"]["arch"] == "deci" and results["files"]["gguf"] == "model.gguf"
     from selfprune.api import load_pruned
 
     model, tokenizer = load_pruned(str(run_dir / "model"))

@@ -21,6 +21,7 @@ from selfprune.eval.zeroshot import TASKS
 from selfprune.evolution.genome import BUDGETS
 from selfprune.evolution.objectives import OBJECTIVES
 from selfprune.evolution.strategies import OPERATORS
+from selfprune.export.gguf import OUTTYPES
 from selfprune.pruning.metrics import METRICS
 from selfprune.pruning.layouts import GRANULARITIES
 
@@ -240,3 +241,12 @@ class OutputOptions(Options):
     log_file: str | None = Field(None, description="log file (default: DIR/run.log)")
     quiet: bool = Field(False, description="no progress bars; only the summary at the end")
     save_model: bool = Field(True, description="save the pruned checkpoint in DIR/model")
+    export: Literal["none", "gguf"] = Field("none", description="also write the pruned model for another runtime: "
+                                            "gguf (DIR/model.gguf, for llama.cpp and Ollama)")
+    export_outtype: Literal[OUTTYPES] = Field("f16", description="tensor type of the GGUF export")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.export != "none" and not self.save_model:
+            raise bad("export", "needs the saved checkpoint; drop --no-save-model")
+        return self

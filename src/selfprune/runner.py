@@ -26,6 +26,7 @@ from selfprune.eval.speed import count_params
 from selfprune.eval.speed import speed as measure
 from selfprune.eval.suite import EvalSuite
 from selfprune.evolution.search import search
+from selfprune.export.gguf import export_gguf
 from selfprune.models.loading import load_model
 from selfprune.preflight import Preflight, check_run
 from selfprune.pruning.pipeline import prune_model
@@ -141,6 +142,12 @@ def _stages(cfg: RunConfig, pre: Preflight, tmp: Path, stage: Stages) -> dict:
         with stage("save") as bar:
             pruned.save(tmp / "model")
             bar.update(1)
+    exported = None
+    if cfg.output.export == "gguf":
+        with stage("export") as bar:
+            exported = export_gguf(tmp / "model", tmp / "model.gguf", cfg.output.export_outtype)
+            exported["path"] = "model.gguf"
+            bar.update(1)
     if evaluate.steps:
         with stage("eval pruned", evaluate.steps) as bar:
             models["pruned"].update(evaluate(pruned.model, tokenizer, bar))
@@ -168,6 +175,7 @@ def _stages(cfg: RunConfig, pre: Preflight, tmp: Path, stage: Stages) -> dict:
         "prune": pruned.summary,
         "models": models,
         "speed": speed,
+        "export": exported,
         "budget": {
             "fitness_evals": sum(r["budget"]["total_evals"] for r in reports),
             "fitness_tokens": sum(r["budget"]["total_tokens"] for r in reports),
@@ -178,5 +186,6 @@ def _stages(cfg: RunConfig, pre: Preflight, tmp: Path, stage: Stages) -> dict:
             "total_seconds": round(time.perf_counter() - t_start, 3),
         },
         "warnings": pre.warnings,
-        "files": {"config": CONFIG, "environment": ENVIRONMENT, "model": "model" if cfg.output.save_model else None},
+        "files": {"config": CONFIG, "environment": ENVIRONMENT, "model": "model" if cfg.output.save_model else None,
+                  "gguf": "model.gguf" if exported else None},
     }

@@ -11,6 +11,7 @@ FLAG_NAMES = {
     "output.dir": "--out",
     "bench.enabled": "--bench",
     "eval.dense": "--eval-dense",
+    "output.export_outtype": "--outtype",
 }
 _METAVARS = {"shapes": "BxS,...", "operator": "NAME[,NAME]", "tasks": "LIST|all", "dir": "DIR",
              "preset": "{quick,paper}", "fitness_samples": "N[,N...]", "stage_keep": "F[,F...]"}

@@ -22,11 +22,12 @@ def summary_text(results: dict, run_dir: str | Path) -> str:
         "budget: " + ", ".join(f"{k} {v}" for k, v in t.budget_rows(results)),
     ]
     lines += [f"warning: {w}" for w in results.get("warnings", [])]
-    model = results["files"].get("model")
+    model, gguf = results["files"].get("model"), results["files"].get("gguf")
     lines += [
         "",
         f"report:  {run_dir / 'report.md'}",
         *([f"model:   {run_dir / model}"] if model else []),
+        *([f"gguf:    {run_dir / gguf}  (llama.cpp / Ollama: see docs/export.md)"] if gguf else []),
         f"results: {run_dir / 'results.json'}",
     ]
     return "\n".join(lines)
