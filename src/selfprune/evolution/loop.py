@@ -25,7 +25,7 @@ from selfprune.evolution.transcript import Transcript
 from selfprune.evolution.evaluator import Evaluator
 from selfprune.evolution.genome import Genome, GenomeSpace, RepairStats
 from selfprune.evolution.operators.base import Context, Individual, MoveRecord, Operator, Proposal
-from selfprune.evolution.operators.classic import level_moves
+from selfprune.evolution.operators.seeds import INITS, level_switches
 
 CHECKPOINT = "checkpoint.json"
 CHECKPOINT_VERSION = 1
@@ -42,6 +42,8 @@ class SearchConfig:
     seed: int = 0
     stage_keep: tuple[float, ...] | None = None  # fraction of offspring promoted at each stage
     duplicate_retries: int = 3  # how often a duplicate is nudged before it is dropped
+    init: str = "seeded"  # the initial population: priors ("seeded") or noise around uniform
+    initial: int | None = None  # initial genomes evaluated (default: population); the best population survive
 
     def validate(self) -> None:
         if self.population < 1:
@@ -52,6 +54,8 @@ class SearchConfig:
             raise SelfpruneError("the evaluation budget must be at least 1")
         if self.stage_keep is not None and not all(0 < k <= 1 for k in self.stage_keep):
             raise SelfpruneError("stage keep fractions must lie in (0, 1]")
+        if self.init not in INITS:
+            raise SelfpruneError(f"unknown init '{self.init}'; choose one of {', '.join(INITS)}")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -164,6 +168,7 @@ class Search:
             space=self.space, population=self.state.population, rng=self.rng, profiles=self.profiles,
             generation=self.state.generation, stalled=self.state.stalled, moves=self.state.moves,
             log=self._log, fitness_name=getattr(self.evaluator.fitness, "display_name", "fitness"),
+            init=self.config.init,
         )
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -171,7 +176,7 @@ class Search:
 
     def _initialise(self) -> None:
         with self.budget.timed("operators"):
-            proposals = self.operator.initial(self._context(), self.config.population)
+            proposals = self.operator.initial(self._context(), self.config.initial or self.config.population)
         genomes, props = self._admit(proposals, set())
         scored = self.evaluator.staged(genomes, None)
         if not scored:
@@ -228,7 +233,7 @@ class Search:
                 if tries == 0:
                     self.budget.duplicates += 1
                     stats["duplicates"] += 1
-                nudged, _ = level_moves(np.array(genome.vector), self.space, self.rng, 1)
+                nudged, _ = level_switches(np.array(genome.vector), self.space, self.rng, 1)
                 genome, _ = self.space.repair(nudged)
                 tries += 1
             if genome.key in taken or self.evaluator.seen(genome):

@@ -192,9 +192,31 @@ class LocalBackend(ChatBackend):
         return replies
 
 
+# ---- null backend ------------------------------------------------------------------------------
+class RandomBackend(ChatBackend):
+    """The null operator LLM: fills the same reply templates with random legal values (seeded by
+    the request's seed, so a search with it is deterministic). Against it, what the LLM operator
+    gains over ``--llm random`` is the LLM's, not the prompt's priors or the loop's."""
+
+    name = "random"
+    supports_templates = True
+
+    def chat(self, messages, n=1, max_tokens=96, temperature=0.8, seed=0, schema=None, template=None):
+        import numpy as np
+
+        from selfprune.evolution.llm.constrained import random_fill
+
+        if template is None:
+            raise SelfpruneError("the random operator backend needs reply templates (LLMSettings.constrained)")
+        rng = np.random.default_rng(seed)
+        return [Reply(random_fill(template, rng)) for _ in range(n)]
+
+
 def make_backend(spec: str, base_url: str | None = None, self_model: Any = None, self_tokenizer: Any = None,
                  api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0) -> ChatBackend:
-    """``self`` (the model being pruned), ``local:PATH`` or ``openai:MODEL``."""
+    """``self`` (the model being pruned), ``local:PATH``, ``openai:MODEL`` or ``random`` (null)."""
+    if spec == "random":
+        return RandomBackend()
     if spec == "self":
         if self_model is None:
             raise SelfpruneError("--llm self needs the model being pruned")
@@ -204,4 +226,4 @@ def make_backend(spec: str, base_url: str | None = None, self_model: Any = None,
         return LocalBackend.from_path(arg)
     if kind == "openai" and arg:
         return OpenAIBackend(arg, base_url=base_url, api_key_env=api_key_env, timeout=timeout)
-    raise SelfpruneError(f"unknown --llm '{spec}': use self, local:PATH or openai:MODEL")
+    raise SelfpruneError(f"unknown --llm '{spec}': use self, local:PATH, openai:MODEL or random")
