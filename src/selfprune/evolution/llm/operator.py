@@ -107,6 +107,9 @@ class LLMOperator(Operator):
         out["settings"] = asdict(self.s)
         return out
 
+    def setup(self) -> dict[str, Any]:
+        return {"llm": self.backend.name, **{f"llm_{k}": v for k, v in asdict(self.s).items()}}
+
     def state_dict(self) -> dict[str, Any]:
         return {"counters": self.counters}
 

@@ -121,6 +121,10 @@ class Operator:
     def stats(self) -> dict[str, Any]:
         return {}
 
+    def setup(self) -> dict[str, Any]:
+        """Settings a resume must match (flat: name -> value), beyond the loop's config."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
