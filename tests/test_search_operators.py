@@ -165,3 +165,41 @@ def test_init_and_random_llm_options():
     assert SearchOptions(operator=["llm"], llm="random").llm == "random"
     with pytest.raises(ValueError):
         SearchOptions(init="zeros")
+
+
+class Recording(RandomBackend):
+    """Answers like a small model that copies the first example (uniform) every time, and records
+    the prompts it was sent."""
+
+    name = "copycat"
+
+    def __init__(self, reply=None):
+        self.prompts, self.reply = [], reply
+
+    def chat(self, messages, n=1, **kw):
+        self.prompts.append(messages[-1]["content"])
+        if self.reply is None:
+            return super().chat(messages, n=n, **kw)
+        from selfprune.evolution.llm.backends import Reply
+
+        return [Reply(self.reply) for _ in range(n)]
+
+
+def test_example_copies_and_repeats_are_counted_and_dropped():
+    p, sp = space_of(target=0.4)
+    backend = Recording('{"attn": [40, 40, 40, 40, 40], "mlp": [40, 40, 40, 40, 40]}')  # the uniform example
+    op = LLMOperator(backend, settings=LLMSettings(batch=3, retries=0))
+    r = Search(sp, p.fitness, op, SearchConfig(population=10, generations=0), profiles=p.profiles).run()
+    st = r.report["operator_stats"]
+    assert st["valid"] == 6 and st["copies"] == 6 and st["distinct"] == 0 and st["fallbacks"] == 6
+    assert "llm-init" not in r.report["origins"] and r.report["origins"]["fallback-init"]["proposed"] == 6
+    assert '{"attn": [40, 40, 40, 40, 40], "mlp": [40, 40, 40, 40, 40]}' in backend.prompts[0]
+
+
+def test_later_initial_batches_are_shown_what_was_proposed():
+    p, sp = space_of(target=0.4)
+    backend = Recording()  # random legal shapes
+    op = LLMOperator(backend, settings=LLMSettings(batch=2, retries=0))
+    Search(sp, p.fitness, op, SearchConfig(population=8, generations=0, seed=2), profiles=p.profiles).run()
+    assert len(backend.prompts) == 2 and "Already proposed" not in backend.prompts[0]
+    assert "Already proposed" in backend.prompts[1] and op.counters["distinct"] == 4
