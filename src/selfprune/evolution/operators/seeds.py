@@ -76,7 +76,7 @@ def prior_shapes(space: GenomeSpace, profiles: dict[str, np.ndarray]) -> list[tu
 # ---- level switches ------------------------------------------------------------------------
 def mlp_unit(space: GenomeSpace) -> float:
     """The MLP rate step of one level switch: as many parameters as one mean attention level step
-    (about one attention head's worth), rounded to the MLP's own levels. One MLP channel would be
+    (in SmolLM2-135M 71 channels, 4.6%), rounded to the MLP's own levels. One MLP channel would be
     a step too small to change the fitness; this makes a switch between an attention and an MLP
     block keep the parameter budget (nearly; repair fixes the rest)."""
     attn_step = float(np.diff(space.attn_levels).mean()) if space.attn_levels.size > 1 else 0.1
