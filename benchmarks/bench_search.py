@@ -12,6 +12,7 @@ mutation and the LLM:
     evopress=evopress:seeded     EvoPress as published ((1+lambda), level switches), from the priors
     llm-null=llm:seeded:random   the LLM operator with a null LLM (random legal template fills)
     llm-self=llm:seeded:self     the LLM operator with the model itself
+    (e.g. llm-135m=llm:seeded:local:PATH for another local model as operator)
 
 Writes ``OUT/results.json`` (every arm and seed: held-out ppl, fitness, budget, LLM stats) and each
 search's files (transcript.jsonl, report.json, history.json) under ``OUT/r<ratio>/<arm>/s<seed>/``,
@@ -73,7 +74,7 @@ DEFAULT_ARMS = ("uniform", "owl", "random=random:noise", "ga-noise=ga:noise", "g
 def parse_arm(spec: str) -> tuple[str, str, str, str | None]:
     """``NAME=OPERATOR:INIT[:LLM]`` -> (name, operator, init, llm); a bare name is a fixed operator."""
     name, _, rest = spec.partition("=")
-    parts = (rest or name).split(":")
+    parts = (rest or name).split(":", 2)  # the LLM may hold a colon itself: local:PATH
     return name, parts[0], parts[1] if len(parts) > 1 else "seeded", parts[2] if len(parts) > 2 else None
 
 
@@ -164,11 +165,14 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 backend = None
                 if operator == "llm":
-                    backend = {"self": lambda: LocalBackend(model, tokenizer, "self"), "random": RandomBackend,
-                               "openai": lambda: openai_backend}[llm or "self"]()
-                options = SearchOptions(**search_options, operator=[operator], generations=gens, init=init,
-                                        llm=backend.name if backend is not None and llm != "openai" else
-                                        (f"openai:{args.openai_model}" if llm == "openai" else None))
+                    llm = llm or "self"
+                    if llm.startswith("local:"):
+                        backend = LocalBackend.from_path(llm.partition(":")[2])
+                    else:
+                        backend = {"self": lambda: LocalBackend(model, tokenizer, "self"), "random": RandomBackend,
+                                   "openai": lambda: openai_backend}[llm]()
+                spec = f"openai:{args.openai_model}" if llm == "openai" else llm
+                options = SearchOptions(**search_options, operator=[operator], generations=gens, init=init, llm=spec)
                 found = search(model, tokenizer, ratio, prune_options, options, seed=seed, progress=False,
                                out_dir=out / f"r{ratio}" / name / f"s{seed}", backend=backend, problem=problem)
                 res = found.results[operator]
