@@ -6,8 +6,9 @@ depth (percent integers), a mutation is one to three "move X points of pruning f
 layer j" edits of a parent, a crossover is two parent ids and a segment pattern like "ABBAB".
 The prompts carry what an expert would look at: per-layer importance from the calibration pass
 and the history of which moves helped. Replies are parsed tolerantly and then repaired like any
-genome; unusable replies are retried once as a batch, and what is still missing comes from the
-classical operator. Every call, reply, failure reason and fallback is counted and transcribed.
+genome; unusable replies are retried once as a batch, replies that repeat an earlier one or copy
+a prompt example are dropped, and what is still missing comes from the classical operator. Every
+call, reply, failure reason, repeat, copy and fallback is counted and transcribed.
 
 Slow calls go where they pay: the initial population, a share of each generation's offspring,
 and all mutations while the search is stalled.
