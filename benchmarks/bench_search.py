@@ -1,14 +1,25 @@
-"""Search operators side by side on the default model, at the same number of fitness evaluations.
+"""The search ablation matrix on the default model, at the same number of fitness evaluations.
 
-For each target ratio: importance is scored once; every operator (uniform, OWL, random, GA,
-EvoPress-style (1+lambda), a (1+1)-ES with 24 evaluations as a reference, the LLM operator with
-the model itself, and the LLM operator through an OpenAI-compatible server when one is given)
-searches on the same fitness; the best genome of each is then scored on held-out WikiText-2 test
-text (never the fitness text). Prints one table, plus the time of one candidate evaluation
-against one dense forward pass over the same tokens.
+For each target ratio, importance is scored once; then every *arm* searches on the same fitness
+with each search seed, and its best genome is scored on held-out WikiText-2 test text (never the
+fitness text). An arm is ``NAME=OPERATOR:INIT[:LLM]``; the default arms separate the start, the
+mutation and the LLM:
 
-    python benchmarks/bench_search.py                       # the defaults below
-    python benchmarks/bench_search.py --max-evals 430 --population 30 --crossover 10 --mutation 10
+    uniform, owl                 the fixed baselines (1 evaluation)
+    random=random:noise          random search around uniform
+    ga-noise=ga:noise            the classical GA: noise start, Gaussian mutation
+    ga-levels=ga-levels:seeded   GA from the priors (uniform, OWL, importance), level-switch mutation
+    evopress=evopress:seeded     EvoPress as published ((1+lambda), level switches), from the priors
+    llm-null=llm:seeded:random   the LLM operator with a null LLM (random legal template fills)
+    llm-self=llm:seeded:self     the LLM operator with the model itself
+    (e.g. llm-135m=llm:seeded:local:PATH for another local model as operator)
+
+Writes ``OUT/results.json`` (every arm and seed: held-out ppl, fitness, budget, LLM stats) and each
+search's files (transcript.jsonl, report.json, history.json) under ``OUT/r<ratio>/<arm>/s<seed>/``,
+and prints mean +- sd per arm.
+
+    python benchmarks/bench_search.py --ratios 0.3 --seeds 0,1 --max-evals 40 \
+        --out benchmarks/results/search/evals40
     python benchmarks/bench_search.py --openai-model NAME --llm-base-url http://127.0.0.1:8000/v1
 """
 
@@ -30,8 +41,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default")
     p.add_argument("--ratios", default="0.3,0.5")
-    p.add_argument("--operators", default="uniform,owl,random,ga,evopress,es24,llm-self",
-                   help="comma list; llm-openai is added when --openai-model is given")
+    p.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                   help="comma list of NAME=OPERATOR:INIT[:LLM] (or a fixed operator name); llm-openai=llm:seeded:openai "
+                        "is added when --openai-model is given")
+    p.add_argument("--seeds", default="0", help="search seeds (comma list); the problem is scored once per ratio")
     p.add_argument("--max-evals", type=int, default=40, help="fitness evaluations per searching operator")
     p.add_argument("--population", type=int, default=8)
     p.add_argument("--crossover", type=int, default=4)
@@ -42,7 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--fitness-seqlen", type=int, default=512)
     p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--calib-seqlen", type=int, default=256)
-    p.add_argument("--eval-windows", type=int, default=8, help="WikiText-2 test windows for held-out perplexity")
+    p.add_argument("--eval-windows", type=int, default=32, help="WikiText-2 test windows for held-out perplexity")
     p.add_argument("--eval-seqlen", type=int, default=512)
     p.add_argument("--wikitext", default=_default_wikitext(),
                    help="WikiText-2 raw test file (default: $SELFPRUNE_WIKITEXT_TEST, ../shared/data/..., or the hub)")
@@ -52,6 +65,17 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench_search_out", help="folder for each search's files and results.json")
     return p.parse_args(argv)
+
+
+DEFAULT_ARMS = ("uniform", "owl", "random=random:noise", "ga-noise=ga:noise", "ga-levels=ga-levels:seeded",
+                "evopress=evopress:seeded", "llm-null=llm:seeded:random", "llm-self=llm:seeded:self")
+
+
+def parse_arm(spec: str) -> tuple[str, str, str, str | None]:
+    """``NAME=OPERATOR:INIT[:LLM]`` -> (name, operator, init, llm); a bare name is a fixed operator."""
+    name, _, rest = spec.partition("=")
+    parts = (rest or name).split(":", 2)  # the LLM may hold a colon itself: local:PATH
+    return name, parts[0], parts[1] if len(parts) > 1 else "seeded", parts[2] if len(parts) > 2 else None
 
 
 def _default_wikitext() -> str:
@@ -75,34 +99,39 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from selfprune.data.eval_text import load_eval_text
     from selfprune.eval.perplexity import perplexity
-    from selfprune.models import load_model
-    from selfprune.models.adapter import get_adapter
-    from selfprune.pruning.apply import pruned_view
-    from selfprune.versions import versions
-    from selfprune.evolution.llm.backends import LocalBackend, OpenAIBackend
     from selfprune.evolution.genome import GenomeSpace
-    from selfprune.evolution.loop import Search, SearchConfig
-    from selfprune.evolution.operators.classic import EvoPressOperator
+    from selfprune.evolution.llm.backends import LocalBackend, OpenAIBackend, RandomBackend
     from selfprune.evolution.problem import build_search_problem
     from selfprune.evolution.search import search
+    from selfprune.models import load_model
+    from selfprune.models.adapter import get_adapter
     from selfprune.options import PruneOptions, SearchOptions
+    from selfprune.pruning.apply import pruned_view
+    from selfprune.versions import versions
 
-    operators = [o for o in args.operators.split(",") if o]
+    arms = [parse_arm(a) for a in args.arms.split(",") if a]
+    seeds = [int(x) for x in args.seeds.split(",") if x]
     openai_backend = None
     if args.openai_model:
         openai_backend = OpenAIBackend(args.openai_model, base_url=args.llm_base_url)
-        operators.append("llm-openai")
+        arms.append(("llm-openai", "llm", "seeded", "openai"))
     model, tokenizer = load_model(args.model)
     adapter = get_adapter(model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     eval_kw = dict(seqlen=args.eval_seqlen, max_windows=args.eval_windows)
-    from selfprune.data.eval_text import load_eval_text
-
     eval_text = load_eval_text(args.wikitext)
     dense_ppl = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
+    print(f"dense held-out ppl {dense_ppl:.2f}", flush=True)
     rows, speed = [], {}
+    results_file = out / "results.json"
+
+    def save():
+        results_file.write_text(json.dumps({"args": vars(args), "versions": versions(), "dense_ppl": dense_ppl,
+                                            "speed": speed, "rows": rows}, indent=1, default=str))
+
     for ratio in [float(r) for r in args.ratios.split(",")]:
         t0 = time.perf_counter()
         prune_options = PruneOptions(calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen)
@@ -130,62 +159,86 @@ def main(argv=None) -> int:
               f"forward {dense_s:.3f} s over {fit.tokens(fit.num_stages - 1)} tokens ({cand_s / dense_s:.2f}x)",
               flush=True)
         gens = max(0, math.ceil((args.max_evals - args.population) / max(1, args.crossover + args.mutation)))
-        for name in operators:
-            t0 = time.perf_counter()
-            if name == "es24":  # the (1+1)-ES reference: one level-move offspring per generation
-                cfg = SearchConfig(population=1, generations=23, crossover=0, mutation=1, max_evals=24, seed=args.seed)
-                res = Search(space, fit, EvoPressOperator(), cfg, profiles=problem.profiles,
-                             out_dir=out / f"r{ratio}" / name).run()
-            else:  # every operator through the search's one entry point, on the problem scored once
-                kind = "llm" if name.startswith("llm") else name
-                backend = {"llm-self": LocalBackend(model, tokenizer, "self"), "llm-openai": openai_backend}.get(name)
-                options = SearchOptions(**search_options, operator=[kind], generations=gens)
-                found = search(model, tokenizer, ratio, prune_options, options, seed=args.seed, progress=False,
-                               out_dir=out / f"r{ratio}" / name, backend=backend, problem=problem)
-                res = found.results[kind]
-            wall = time.perf_counter() - t0
-            with pruned_view(adapter, fit.plan(*res.best.genome.arrays()), problem.scores, fit.bias_compensation):
-                held_out = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
-            rep = res.report
-            llm = rep.get("operator_stats") or {}
-            rows.append({
-                "ratio": ratio, "operator": name, "heldout_ppl": held_out, "fitness": res.best.fitness,
-                "evals": rep["budget"]["total_evals"], "fitness_tokens": rep["budget"]["total_tokens"],
-                "wall_s": wall, "fitness_s": sum(v for k, v in rep["budget"]["seconds"].items() if k.startswith("fitness")),
-                "llm_calls": llm.get("calls", 0), "llm_valid": llm.get("valid_rate"),
-                "llm_tokens": (llm.get("prompt_tokens", 0), llm.get("completion_tokens", 0)),
-                "llm_s": llm.get("seconds", 0.0), "fallbacks": llm.get("fallbacks", 0),
-                "repairs": rep["repairs"], "duplicates": rep["budget"]["duplicates"],
-                "origins": rep["origins"], "best_origin": res.best.origin,
-            })
-            print(f"  {name:<10} held-out ppl {held_out:8.1f}  fitness {res.best.fitness:8.1f}  "
-                  f"evals {rows[-1]['evals']:3d}  wall {wall:6.1f} s", flush=True)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "versions": versions(), "dense_ppl": dense_ppl,
-                                                  "speed": speed, "rows": rows}, indent=1, default=str))
+        for name, operator, init, llm in arms:
+            fixed = operator in ("uniform", "owl")
+            for seed in seeds[:1] if fixed else seeds:  # a fixed genome is the same for every seed
+                t0 = time.perf_counter()
+                backend = None
+                if operator == "llm":
+                    llm = llm or "self"
+                    if llm.startswith("local:"):
+                        backend = LocalBackend.from_path(llm.partition(":")[2])
+                    else:
+                        backend = {"self": lambda: LocalBackend(model, tokenizer, "self"), "random": RandomBackend,
+                                   "openai": lambda: openai_backend}[llm]()
+                spec = f"openai:{args.openai_model}" if llm == "openai" else llm
+                options = SearchOptions(**search_options, operator=[operator], generations=gens, init=init, llm=spec)
+                found = search(model, tokenizer, ratio, prune_options, options, seed=seed, progress=False,
+                               out_dir=out / f"r{ratio}" / name / f"s{seed}", backend=backend, problem=problem)
+                res = found.results[operator]
+                wall = time.perf_counter() - t0
+                with pruned_view(adapter, fit.plan(*res.best.genome.arrays()), problem.scores, fit.bias_compensation):
+                    held_out = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
+                rep = res.report
+                llm_stats = rep.get("operator_stats") or {}
+                rows.append({
+                    "ratio": ratio, "arm": name, "operator": operator, "init": init, "llm": llm, "seed": seed,
+                    "heldout_ppl": held_out, "fitness": res.best.fitness,
+                    "evals": rep["budget"]["total_evals"], "fitness_tokens": rep["budget"]["total_tokens"],
+                    "wall_s": wall, "fitness_s": sum(v for k, v in rep["budget"]["seconds"].items() if k.startswith("fitness")),
+                    "llm_calls": llm_stats.get("calls", 0), "llm_valid": llm_stats.get("valid_rate"),
+                    "llm_distinct": llm_stats.get("distinct"), "llm_repeats": llm_stats.get("repeats"),
+                    "llm_copies": llm_stats.get("copies"),
+                    "llm_tokens": (llm_stats.get("prompt_tokens", 0), llm_stats.get("completion_tokens", 0)),
+                    "llm_s": llm_stats.get("seconds", 0.0), "fallbacks": llm_stats.get("fallbacks", 0),
+                    "repairs": rep["repairs"], "duplicates": rep["budget"]["duplicates"],
+                    "origins": rep["origins"], "best_origin": res.best.origin,
+                    "rates": {"attn": list(res.best.genome.attn), "mlp": list(res.best.genome.mlp)},
+                })
+                save()
+                print(f"  {name:<10} seed {seed}  held-out ppl {held_out:8.2f}  fitness {res.best.fitness:8.2f}  "
+                      f"evals {rows[-1]['evals']:3d}  best from {res.best.origin:<18} wall {wall:6.1f} s", flush=True)
+    save()
     print()
     print(format_table(rows, dense_ppl, speed, args))
     return 0
 
 
+def summarize(rows) -> list[dict]:
+    """Mean and sd over seeds per (ratio, arm), with held-out ppl relative to uniform."""
+    out = []
+    uniform = {r["ratio"]: r["heldout_ppl"] for r in rows if r["arm"] == "uniform"}
+    for key in dict.fromkeys((r["ratio"], r["arm"]) for r in rows):
+        group = [r for r in rows if (r["ratio"], r["arm"]) == key]
+        ppl = [r["heldout_ppl"] for r in group]
+        fit = [r["fitness"] for r in group]
+        u = uniform.get(key[0])
+        out.append({
+            "ratio": key[0], "arm": key[1], "seeds": len(group), "heldout_mean": statistics.mean(ppl),
+            "heldout_sd": statistics.stdev(ppl) if len(ppl) > 1 else 0.0, "x_uniform": statistics.mean(ppl) / u if u else None,
+            "fitness_mean": statistics.mean(fit), "evals": max(r["evals"] for r in group),
+            "wall_s": statistics.mean(r["wall_s"] for r in group),
+            "llm_distinct": sum(r["llm_distinct"] or 0 for r in group) if group[0]["llm_calls"] else None,
+            "llm_dropped": sum((r["llm_repeats"] or 0) + (r["llm_copies"] or 0) for r in group) if group[0]["llm_calls"] else None,
+            "fallbacks": sum(r["fallbacks"] for r in group) if group[0]["llm_calls"] else None,
+        })
+    return out
+
+
 def format_table(rows, dense_ppl, speed, args) -> str:
-    lines = [f"dense held-out ppl {dense_ppl:.1f} (WikiText-2 test, {args.eval_windows}x{args.eval_seqlen} tokens); "
+    lines = [f"dense held-out ppl {dense_ppl:.2f} (WikiText-2 test, {args.eval_windows}x{args.eval_seqlen} tokens); "
              f"fitness: {args.fitness} on {args.fitness_samples}x{args.fitness_seqlen} calibration-side tokens; "
-             f"budget {args.max_evals} evaluations per search"]
-    head = ("ratio", "operator", "held-out ppl", "x uniform", "evals", "fit. tokens", "wall s", "fitness s",
-            "LLM calls", "LLM valid", "LLM tok (p/c)", "LLM s", "fallbacks", "repairs (clip/proj/round)", "dups")
+             f"budget {args.max_evals} evaluations per search; seeds {args.seeds}"]
+    head = ("ratio", "arm", "seeds", "held-out ppl (mean +- sd)", "x uniform", "fitness (mean)", "evals", "wall s",
+            "LLM distinct", "LLM dropped", "fallbacks")
     table = [head]
-    uniform = {r["ratio"]: r["heldout_ppl"] for r in rows if r["operator"] == "uniform"}
-    for r in rows:
-        u = uniform.get(r["ratio"])
-        rep = r["repairs"]
+    for r in summarize(rows):
+        llm = r["llm_distinct"] is not None
         table.append((
-            f"{r['ratio']:.1f}", r["operator"], f"{r['heldout_ppl']:.1f}", f"{r['heldout_ppl'] / u:.2f}" if u else "-",
-            str(r["evals"]), f"{r['fitness_tokens']:,}", f"{r['wall_s']:.0f}", f"{r['fitness_s']:.0f}",
-            str(r["llm_calls"]) if r["llm_calls"] else "-",
-            f"{r['llm_valid']:.0%}" if r["llm_valid"] is not None else "-",
-            f"{r['llm_tokens'][0]:,}/{r['llm_tokens'][1]:,}" if r["llm_calls"] else "-",
-            f"{r['llm_s']:.0f}" if r["llm_calls"] else "-", str(r["fallbacks"]) if r["llm_calls"] else "-",
-            f"{rep.get('clipped', 0)}/{rep.get('projected', 0)}/{rep.get('rounded', 0)}", str(r["duplicates"]),
+            f"{r['ratio']:.1f}", r["arm"], str(r["seeds"]), f"{r['heldout_mean']:.1f} +- {r['heldout_sd']:.1f}",
+            f"{r['x_uniform']:.2f}" if r["x_uniform"] else "-", f"{r['fitness_mean']:.1f}", str(r["evals"]),
+            f"{r['wall_s']:.0f}", str(r["llm_distinct"]) if llm else "-", str(r["llm_dropped"]) if llm else "-",
+            str(r["fallbacks"]) if llm else "-",
         ))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     fmt = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"  # noqa: E731

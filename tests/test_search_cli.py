@@ -35,3 +35,22 @@ def test_existing_search_needs_resume(tmp_path, capsys):
     (tmp_path / "checkpoint.json").write_text(json.dumps({}))
     rc = main(["search", "default", "--ratio", "0.3", "--operator", "ga", "--out", str(tmp_path)])
     assert rc == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_search_output_says_how_many_llm_proposals_were_new():
+    from selfprune.cli.search import format_report
+
+    budget = {"total_evals": 8, "evals": {"0": 8}, "total_tokens": 4096, "cache_hits": 0, "duplicates": 0,
+              "dropped": 0, "seconds": {"total": 1.0}}
+    stats = {"backend": "openai:tiny", "calls": 1, "replies": 6, "valid": 6, "valid_rate": 1.0, "invalid": {},
+             "retries": 0, "fallbacks": 6, "prompt_tokens": 10, "completion_tokens": 5, "seconds": 0.1,
+             "distinct": 0, "repeats": 0, "copies": 6}
+    text = format_report({"operator": "llm", "best_fitness": 1.0, "generations": 0, "achieved": 0.3, "budget": budget,
+                          "repairs": {}, "operator_stats": stats})
+    assert "0 distinct" in text and "6 copies of a prompt example" in text
+
+
+def test_init_flag_is_generated(capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    assert "--init {seeded,noise}" in capsys.readouterr().out

@@ -83,16 +83,20 @@ def test_operator_counts_and_falls_back(space):
     texts = [t for _, t in malformed_replies()]
     backend = Scripted(texts)
     op = LLMOperator(backend, settings=LLMSettings(retries=0, batch=10))
-    res = Search(space, p.fitness, op, SearchConfig(population=102, generations=0), profiles=p.profiles).run()
+    # 4 priors head the population (uniform, OWL, two importance shapes); the LLM writes the other 100.
+    res = Search(space, p.fitness, op, SearchConfig(population=104, generations=0), profiles=p.profiles).run()
     st = res.report["operator_stats"]
     assert st["replies"] == 100 and st["valid"] == 45 and st["calls"] == 10
     assert st["invalid"] == {"empty": 20, "no-json": 20, "wrong-type": 15}
-    assert st["fallbacks"] == 55 and st["valid_rate"] == 0.45
+    # Of the 45 valid replies, the 15 NaN ones differ, the 15 wrong-length ones take 4 lengths in turn
+    # and the 15 out-of-range ones 5 values: 24 distinct, 21 repeats (dropped, filled by the GA).
+    assert st["distinct"] == 24 and st["repeats"] == 21 and st["copies"] == 0
+    assert st["fallbacks"] == 76 and st["valid_rate"] == 0.45
     assert st["prompt_tokens"] == 5000 and st["completion_tokens"] == 1000
     origins = res.report["origins"]
-    assert origins["llm-init"]["proposed"] == 45 and origins["fallback-init"]["proposed"] == 55
+    assert origins["llm-init"]["proposed"] == 24 and origins["fallback-init"]["proposed"] == 76
     assert res.report["repairs"]["nonfinite"] == 15
-    assert res.report["budget"]["total_evals"] + res.report["budget"]["dropped"] == 102
+    assert res.report["budget"]["total_evals"] + res.report["budget"]["dropped"] == 104
 
 
 def test_retry_then_fallback_in_generations(space):
@@ -103,7 +107,7 @@ def test_retry_then_fallback_in_generations(space):
                  profiles=p.profiles).run()
     st = res.report["operator_stats"]
     assert st["valid"] == 0 and st["retries"] > 0
-    assert st["fallbacks"] == 4 + 2 * (2 + 2)  # init (6 - 2 seeds) + 2 gens x (2 crossover + 2 mutation)
+    assert st["fallbacks"] == 2 + 2 * (2 + 2)  # init (6 - 4 priors) + 2 gens x (2 crossover + 2 mutation)
     assert res.report["budget"]["total_evals"] >= 6 + 2 * 7
 
 

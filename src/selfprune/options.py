@@ -20,6 +20,7 @@ from selfprune.eval.zeroshot import SOURCES as TASK_SOURCES
 from selfprune.eval.zeroshot import TASKS
 from selfprune.evolution.genome import BUDGETS
 from selfprune.evolution.objectives import OBJECTIVES
+from selfprune.evolution.operators.seeds import INITS
 from selfprune.evolution.strategies import OPERATORS
 from selfprune.export.gguf import OUTTYPES
 from selfprune.pruning.metrics import METRICS
@@ -61,6 +62,9 @@ class SearchOptions(Options):
     operator: list[Literal[OPERATORS]] = Field(
         ["ga"], min_length=1,
         description="search operator(s); several run one after another on the same budget and the best genome wins")
+    init: Literal[INITS] = Field(
+        "seeded", description="initial population of every searching operator: seeded (uniform, OWL and "
+        "importance-derived shapes, then level switches of them) or noise (Gaussian noise around uniform)")
     population: int = Field(8, ge=1, description="population size (survivors per generation)")
     generations: int = Field(4, ge=0, description="generations after the initial population")
     crossover: int = Field(4, ge=0, description="offspring by crossover per generation")
@@ -78,7 +82,8 @@ class SearchOptions(Options):
     min_rate: float = Field(0.0, ge=0.0, le=1.0, description="lowest rate of any block")
     max_rate: float = Field(0.9, ge=0.0, le=1.0, description="highest rate of any block")
     joint: bool = Field(False, description="one rate per layer for attention and MLP alike")
-    llm: str | None = Field(None, description="operator LLM: self (the model being pruned), local:PATH, or openai:MODEL")
+    llm: str | None = Field(None, description="operator LLM: self (the model being pruned), local:PATH, openai:MODEL, "
+                            "or random (a null LLM that fills the reply templates with random legal values)")
     llm_base_url: str | None = Field(None, description="URL of an OpenAI-compatible server (vLLM, llama.cpp, Ollama, a hosted API)")
     llm_api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     llm_timeout: float = Field(120.0, gt=0, description="seconds per LLM request")
@@ -153,8 +158,8 @@ class SearchOptions(Options):
                       "is set but no 'llm' operator runs; add llm to search.operator or drop it")
         if llm is not None:
             kind, _, arg = llm.partition(":")
-            if not (llm == "self" or (kind in ("local", "openai") and arg)):
-                raise bad("llm", f"'{llm}' is not one of: self, local:PATH, openai:MODEL")
+            if not (llm in ("self", "random") or (kind in ("local", "openai") and arg)):
+                raise bad("llm", f"'{llm}' is not one of: self, local:PATH, openai:MODEL, random")
             if self.llm_base_url and kind != "openai":
                 raise bad("llm_base_url", "needs llm: openai:MODEL (the model name the server serves)")
         return self

@@ -51,13 +51,18 @@ def run(args) -> int:
     out = Path(cfg.output.dir).expanduser()
     if any(out.glob("**/checkpoint.json")) and not args.resume:
         raise SelfpruneError(f"{out} already holds a search; pass --resume to continue it, or choose a new --out")
+    if args.resume:
+        check_resume(out, cfg)  # before the model loads: a wrong flag or a broken checkpoint fails at once
     pre = check_search(cfg)
 
     model, tokenizer = load_model(pre.model_path, device=pre.device)
-    atomic_write_json(out / "config.json", {"command": sys.argv[1:], "config": cfg.model_dump(mode="json"),
-                                            "versions": versions()})
+    record = {"command": sys.argv[1:], "config": cfg.model_dump(mode="json"), "versions": versions()}
+    if not args.resume:  # a resume that is refused leaves the folder as it was
+        atomic_write_json(out / "config.json", record)
     found = search(model, tokenizer, cfg.ratio, cfg.prune, cfg.search, seed=cfg.seed, out_dir=out, resume=args.resume,
                    progress=not cfg.output.quiet, backend=pre.backend, meta={"model": cfg.model})
+    if args.resume:
+        atomic_write_json(out / "config.json", record)
     for result in found.results.values():
         print(format_report(result.report))
     if len(found.results) > 1:
@@ -67,6 +72,27 @@ def run(args) -> int:
         print(f"best operator: {found.winner}")
     print(f"best rates: {out / 'best.json'}  (use: selfprune prune {args.model} --rates {out / 'best.json'} --out DIR)")
     return 0
+
+
+def check_resume(out, cfg) -> None:
+    """Every checkpoint under ``out`` is readable and was made with the settings given now (those
+    known before the model loads; the data hashes and the rest are checked when each resumes)."""
+    from selfprune.errors import SelfpruneError
+    from selfprune.evolution.loop import CHECKPOINT, PREVIOUS, read_checkpoint, setup_mismatch
+
+    p, s = cfg.prune, cfg.search
+    now = {"model": cfg.model, "seed": cfg.seed, "metric": p.metric, "calib": p.calib, "calib_samples": p.calib_samples,
+           "calib_seqlen": p.calib_seqlen, "attn_granularity": p.attn_granularity, "mlp_multiple": p.mlp_multiple,
+           "fitness": s.fitness, "fitness_samples": list(s.fitness_samples), "fitness_seqlen": s.fitness_seqlen}
+    if s.llm is not None:
+        now["llm"] = s.llm
+    folders = {f.parent for pattern in (CHECKPOINT, PREVIOUS) for f in out.glob(f"**/{pattern}")}
+    for folder in sorted(folders):
+        snap = read_checkpoint(folder)
+        differs = setup_mismatch(snap["setup"], now) if snap else None
+        if differs:
+            raise SelfpruneError(f"the checkpoint in {folder} was made with {differs}; resume with the same "
+                                 "settings, or use a new --out folder")
 
 
 def format_report(report: dict) -> str:
@@ -88,4 +114,6 @@ def format_report(report: dict) -> str:
             f"fallbacks {op['fallbacks']}, tokens {op['prompt_tokens']:,} prompt + {op['completion_tokens']:,} completion, "
             f"{op['seconds']:.1f} s"
         )
+        lines.append(f"LLM proposals: {op.get('distinct', 0)} distinct, {op.get('repeats', 0)} repeats of an "
+                     f"earlier reply, {op.get('copies', 0)} copies of a prompt example (both dropped)")
     return "\n".join(lines)

@@ -20,15 +20,18 @@ import numpy as np
 
 from selfprune.errors import SelfpruneError
 from selfprune.evolution.budget import Budget
-from selfprune.atomic import atomic_write_json
+from selfprune.atomic import atomic_write_json, atomic_write_text
 from selfprune.evolution.transcript import Transcript
 from selfprune.evolution.evaluator import Evaluator
 from selfprune.evolution.genome import Genome, GenomeSpace, RepairStats
 from selfprune.evolution.operators.base import Context, Individual, MoveRecord, Operator, Proposal
-from selfprune.evolution.operators.classic import level_moves
+from selfprune.evolution.operators.seeds import INITS, level_switches
 
 CHECKPOINT = "checkpoint.json"
-CHECKPOINT_VERSION = 1
+PREVIOUS = "checkpoint.prev.json"  # the checkpoint before the last one: what a torn write falls back to
+CHECKPOINT_VERSION = 2
+_KEYS = ("version", "config", "space", "operator", "setup", "generation", "population", "history", "origins", "moves",
+         "next_id", "stalled", "wall", "rng", "budget", "repairs", "evaluator", "operator_state", "transcript_lines")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class SearchConfig:
     seed: int = 0
     stage_keep: tuple[float, ...] | None = None  # fraction of offspring promoted at each stage
     duplicate_retries: int = 3  # how often a duplicate is nudged before it is dropped
+    init: str = "seeded"  # the initial population: priors ("seeded") or noise around uniform
+    initial: int | None = None  # initial genomes evaluated (default: population); the best population survive
 
     def validate(self) -> None:
         if self.population < 1:
@@ -52,6 +57,8 @@ class SearchConfig:
             raise SelfpruneError("the evaluation budget must be at least 1")
         if self.stage_keep is not None and not all(0 < k <= 1 for k in self.stage_keep):
             raise SelfpruneError("stage keep fractions must lie in (0, 1]")
+        if self.init not in INITS:
+            raise SelfpruneError(f"unknown init '{self.init}'; choose one of {', '.join(INITS)}")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -65,6 +72,56 @@ _EXTENDABLE = ("generations", "max_evals", "max_tokens")
 
 def _fixed(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in _EXTENDABLE}
+
+
+def _readable(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The checkpoint at ``path``, or None and why it cannot be used."""
+    try:
+        snap = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, f"not valid JSON ({type(exc).__name__})"
+    if not isinstance(snap, dict):
+        return None, "not a checkpoint"
+    if snap.get("version") != CHECKPOINT_VERSION:
+        return None, f"written by another selfprune version (checkpoint format {snap.get('version')!r})"
+    missing = [k for k in _KEYS if k not in snap]
+    if missing:
+        return None, f"incomplete (no {', '.join(missing[:3])})"
+    return snap, ""
+
+
+def read_checkpoint(folder: str | Path) -> dict[str, Any] | None:
+    """The checkpoint in ``folder`` (None when there is none); an unreadable one falls back to the
+    previous one beside it, said so, and without either it is one clear SelfpruneError."""
+    folder = Path(folder)
+    ckpt, prev = folder / CHECKPOINT, folder / PREVIOUS
+    if not ckpt.exists() and not prev.exists():
+        return None
+    snap, why = _readable(ckpt)
+    if snap is not None:
+        return snap
+    older, why_prev = _readable(prev)
+    if older is not None:
+        print(f"{ckpt} is {why}; resuming from {prev} (one generation earlier)", flush=True)
+        return older
+    raise SelfpruneError(f"cannot resume: {ckpt} is {why} and {prev.name} is {why_prev}; "
+                         "use a new --out folder")
+
+
+def setup_mismatch(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """The first setting both record with different values, as "name: saved -> now"."""
+    for key in sorted(set(saved) & set(now)):
+        a, b = saved[key], now[key]
+        if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            return f"{key} {_show(a)}, now {_show(b)}"
+    return None
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass
@@ -135,9 +192,9 @@ class Search:
     # ---- public -----------------------------------------------------------------------------
     def run(self, resume: bool = False) -> SearchResult:
         self._t0 = time.perf_counter()
-        ckpt = self.out_dir / CHECKPOINT if self.out_dir else None
-        if resume and ckpt and ckpt.exists():
-            self._load(json.loads(ckpt.read_text()))
+        snap = read_checkpoint(self.out_dir) if resume and self.out_dir else None
+        if snap is not None:
+            self._load(snap)
         else:
             if resume and self.out_dir:
                 print(f"no checkpoint in {self.out_dir}; starting a new search", flush=True)
@@ -164,6 +221,7 @@ class Search:
             space=self.space, population=self.state.population, rng=self.rng, profiles=self.profiles,
             generation=self.state.generation, stalled=self.state.stalled, moves=self.state.moves,
             log=self._log, fitness_name=getattr(self.evaluator.fitness, "display_name", "fitness"),
+            init=self.config.init,
         )
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -171,7 +229,7 @@ class Search:
 
     def _initialise(self) -> None:
         with self.budget.timed("operators"):
-            proposals = self.operator.initial(self._context(), self.config.population)
+            proposals = self.operator.initial(self._context(), self.config.initial or self.config.population)
         genomes, props = self._admit(proposals, set())
         scored = self.evaluator.staged(genomes, None)
         if not scored:
@@ -228,7 +286,7 @@ class Search:
                 if tries == 0:
                     self.budget.duplicates += 1
                     stats["duplicates"] += 1
-                nudged, _ = level_moves(np.array(genome.vector), self.space, self.rng, 1)
+                nudged, _ = level_switches(np.array(genome.vector), self.space, self.rng, 1)
                 genome, _ = self.space.repair(nudged)
                 tries += 1
             if genome.key in taken or self.evaluator.seen(genome):
@@ -276,6 +334,7 @@ class Search:
             "config": self.config.to_json(),
             "space": self.space.to_json(),
             "operator": self.operator.name,
+            "setup": self.setup(),
             "generation": s.generation,
             "population": [ind.to_json() for ind in s.population],
             "history": s.history,
@@ -298,7 +357,10 @@ class Search:
             return
         t0 = time.perf_counter()
         snap = self._snapshot()
-        atomic_write_json(self.out_dir / CHECKPOINT, snap)
+        current = self.out_dir / CHECKPOINT
+        if current.exists():  # keep the last good one: a torn or corrupted write falls back to it
+            atomic_write_text(self.out_dir / PREVIOUS, current.read_text())
+        atomic_write_json(current, snap)
         self.budget.add_seconds("checkpoint", time.perf_counter() - t0)
 
     def _load(self, snap: dict[str, Any]) -> None:
@@ -314,6 +376,10 @@ class Search:
                 f"the checkpoint in {self.out_dir} was made with a different {', '.join(mismatch)}; "
                 "resume with the same settings, or use a new --out folder"
             )
+        differs = setup_mismatch(snap["setup"], self.setup())
+        if differs:
+            raise SelfpruneError(f"the checkpoint in {self.out_dir} was made with {differs}; resume with the same "
+                                 "settings, or use a new --out folder")
         s = self.state
         s.generation = snap["generation"]
         s.population = [Individual.from_json(d) for d in snap["population"]]
@@ -329,6 +395,15 @@ class Search:
         self.evaluator.load_state_dict(snap["evaluator"])
         self.operator.load_state_dict(snap["operator_state"])
         self.transcript.truncate(snap["transcript_lines"])
+
+    def setup(self) -> dict[str, Any]:
+        """What the fitness values and the operator's behaviour depend on beyond the loop's config:
+        the problem (fitness, calibration, metric, the data's hashes, ...), the model, and the
+        operator's own settings (LLM backend, shares, ...). A resume must match all of it, or the
+        cached fitness values would be mixed with another setup's."""
+        problem = {k: v for k, v in (self.meta.get("problem") or {}).items() if k != "fitness_name"}
+        extra = {"model": self.meta["model"]} if "model" in self.meta else {}
+        return {**problem, **extra, **self.operator.setup()}
 
     # ---- results ----------------------------------------------------------------------------
     def _bar(self):

@@ -39,6 +39,14 @@ class SearchProblem:
     info: dict = field(default_factory=dict)
 
 
+def tokens_sha256(blocks: torch.Tensor) -> str:
+    """A fingerprint of token blocks: a resume must score on the very same tokens."""
+    import hashlib
+
+    t = blocks.detach().to("cpu", torch.int64).contiguous()
+    return hashlib.sha256(str(tuple(t.shape)).encode() + t.numpy().tobytes()).hexdigest()
+
+
 def _profile(per_layer: list[torch.Tensor]) -> np.ndarray:
     totals = np.array([float(t.sum()) for t in per_layer])
     return totals / totals.mean() if totals.mean() > 0 else totals
@@ -81,5 +89,6 @@ def build_search_problem(model, tokenizer, ratio: float, prune: PruneOptions | N
               "calib": prune.calib, "calib_samples": prune.calib_samples, "calib_seqlen": prune.calib_seqlen,
               "fitness_samples": stages, "fitness_seqlen": search.fitness_seqlen, "seed": seed,
               "attn_granularity": prune.attn_granularity, "mlp_multiple": prune.mlp_multiple,
-              "bias_compensation": compensate},
+              "bias_compensation": compensate,
+              "calib_sha256": tokens_sha256(blocks), "fitness_sha256": tokens_sha256(fitness_all)},
     )

@@ -97,7 +97,7 @@ def search(model, tokenizer, ratio: float, prune: PruneOptions | None = None, op
             on_operator(name)
         strategy = get_strategy(name)
         config = strategy.config(options.population, options.generations, options.crossover, options.mutation,
-                                 options.max_evals, max_tokens=options.max_tokens, seed=seed,
+                                 options.max_evals, max_tokens=options.max_tokens, seed=seed, init=options.init,
                                  stage_keep=tuple(options.stage_keep) if options.stage_keep else None)
         if strategy.uses_llm and backend is None:
             backend = make_chat_backend(options, model, tokenizer)

@@ -87,10 +87,26 @@ class OpenAIBackend(ChatBackend):
         except o.AuthenticationError:
             raise SelfpruneError(f"the LLM server at {where} rejected the API key; check its environment variable") from None
         except o.APIError as exc:
-            raise SelfpruneError(f"the LLM server at {where} failed to list its models: {exc}") from None
+            # Some servers answer chat but not /v1/models (an error, or no such route): a one-token
+            # chat request then says whether the server, the model name and the key work.
+            self._probe(where, exc)
+            return
         if models and self.model not in models:
             shown = ", ".join(models[:8]) + (" ..." if len(models) > 8 else "")
             raise SelfpruneError(f"model '{self.model}' is not served at {where}; available: {shown}")
+
+    def _probe(self, where: str, models_error: Exception) -> None:
+        o = self._openai
+        try:
+            self.client.with_options(timeout=30, max_retries=1).chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+        except o.APIConnectionError:
+            raise SelfpruneError(f"cannot reach the LLM server at {where}: start it, or fix --llm-base-url") from None
+        except o.AuthenticationError:
+            raise SelfpruneError(f"the LLM server at {where} rejected the API key; check its environment variable") from None
+        except o.APIError as exc:
+            raise SelfpruneError(f"the LLM server at {where} failed to list its models ({_short(models_error)}) and to "
+                                 f"answer a one-token chat request for '{self.model}' ({_short(exc)})") from None
 
     def chat(self, messages, n=1, max_tokens=96, temperature=0.8, seed=0, schema=None, template=None):
         replies: list[Reply] = []
@@ -118,6 +134,13 @@ class OpenAIBackend(ChatBackend):
         text = (resp.choices[0].message.content or "") if resp.choices else ""
         usage = getattr(resp, "usage", None)
         return Reply(text, getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
+
+
+def _short(exc: Exception) -> str:
+    """An API error in one short line (status and the start of the message)."""
+    status = getattr(exc, "status_code", None)
+    text = " ".join(str(exc).split())[:120]
+    return f"{status}: {text}" if status else text
 
 
 # ---- local transformers -------------------------------------------------------------------------
@@ -192,9 +215,31 @@ class LocalBackend(ChatBackend):
         return replies
 
 
+# ---- null backend ------------------------------------------------------------------------------
+class RandomBackend(ChatBackend):
+    """The null operator LLM: fills the same reply templates with random legal values (seeded by
+    the request's seed, so a search with it is deterministic). Against it, what the LLM operator
+    gains over ``--llm random`` is the LLM's, not the prompt's priors or the loop's."""
+
+    name = "random"
+    supports_templates = True
+
+    def chat(self, messages, n=1, max_tokens=96, temperature=0.8, seed=0, schema=None, template=None):
+        import numpy as np
+
+        from selfprune.evolution.llm.constrained import random_fill
+
+        if template is None:
+            raise SelfpruneError("the random operator backend needs reply templates (LLMSettings.constrained)")
+        rng = np.random.default_rng(seed)
+        return [Reply(random_fill(template, rng)) for _ in range(n)]
+
+
 def make_backend(spec: str, base_url: str | None = None, self_model: Any = None, self_tokenizer: Any = None,
                  api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0) -> ChatBackend:
-    """``self`` (the model being pruned), ``local:PATH`` or ``openai:MODEL``."""
+    """``self`` (the model being pruned), ``local:PATH``, ``openai:MODEL`` or ``random`` (null)."""
+    if spec == "random":
+        return RandomBackend()
     if spec == "self":
         if self_model is None:
             raise SelfpruneError("--llm self needs the model being pruned")
@@ -204,4 +249,4 @@ def make_backend(spec: str, base_url: str | None = None, self_model: Any = None,
         return LocalBackend.from_path(arg)
     if kind == "openai" and arg:
         return OpenAIBackend(arg, base_url=base_url, api_key_env=api_key_env, timeout=timeout)
-    raise SelfpruneError(f"unknown --llm '{spec}': use self, local:PATH or openai:MODEL")
+    raise SelfpruneError(f"unknown --llm '{spec}': use self, local:PATH, openai:MODEL or random")

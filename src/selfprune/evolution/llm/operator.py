@@ -6,8 +6,9 @@ depth (percent integers), a mutation is one to three "move X points of pruning f
 layer j" edits of a parent, a crossover is two parent ids and a segment pattern like "ABBAB".
 The prompts carry what an expert would look at: per-layer importance from the calibration pass
 and the history of which moves helped. Replies are parsed tolerantly and then repaired like any
-genome; unusable replies are retried once as a batch, and what is still missing comes from the
-classical operator. Every call, reply, failure reason and fallback is counted and transcribed.
+genome; unusable replies are retried once as a batch, replies that repeat an earlier one or copy
+a prompt example are dropped, and what is still missing comes from the classical operator. Every
+call, reply, failure reason, repeat, copy and fallback is counted and transcribed.
 
 Slow calls go where they pay: the initial population, a share of each generation's offspring,
 and all mutations while the search is stalled.
@@ -15,6 +16,7 @@ and all mutations while the search is stalled.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -26,8 +28,9 @@ import numpy as np
 from selfprune.evolution.llm.backends import ChatBackend
 from selfprune.evolution.llm.constrained import crossover_template, moves_template, shape_template
 from selfprune.evolution.operators.base import Context, Individual, Operator, Proposal
-from selfprune.evolution.operators.classic import GAOperator, owl_vector, tournament, uniform_vector
-from selfprune.evolution.llm.replies import ReplyError, parse_crossover, parse_moves, parse_shape
+from selfprune.evolution.operators.classic import GAOperator, tournament
+from selfprune.evolution.operators.seeds import filler, prior_shapes, seed_proposals
+from selfprune.evolution.llm.replies import ReplyError, extract_json, parse_crossover, parse_moves, parse_shape
 
 
 def load_prompt(name: str) -> Template:
@@ -46,7 +49,6 @@ class LLMSettings:
     temperature: float = 0.9
     crossover: bool = True  # the LLM also picks parents and segments for crossover
     constrained: bool = True  # fill-in-the-blanks decoding where the backend supports it
-    template_moves: int = 2  # moves per reply under constrained decoding
     shape_tokens: int = 64
     move_tokens: int = 80
     crossover_tokens: int = 40
@@ -89,6 +91,9 @@ class LLMOperator(Operator):
         self.templates = {k: load_prompt(k) for k in ("initial", "mutate", "crossover")}
         self.counters: dict[str, Any] = {
             "calls": 0, "replies": 0, "valid": 0, "invalid": {}, "retries": 0, "fallbacks": 0,
+            # Valid replies that said nothing new: the same as an earlier reply to the same prompt,
+            # or a copy of an example the prompt showed. Dropped (the GA fills in) and counted.
+            "distinct": 0, "repeats": 0, "copies": 0,
             "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0,
             "by_kind": {k: {"replies": 0, "valid": 0} for k in ("initial", "crossover", "mutate")},
         }
@@ -103,18 +108,25 @@ class LLMOperator(Operator):
         out["settings"] = asdict(self.s)
         return out
 
+    def setup(self) -> dict[str, Any]:
+        return {"llm": self.backend.name, **{f"llm_{k}": v for k, v in asdict(self.s).items()}}
+
     def state_dict(self) -> dict[str, Any]:
         return {"counters": self.counters}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.counters = state["counters"]
 
-    def _ask(self, ctx: Context, kind: str, prompt: str, n: int, max_tokens: int, schema: dict,
-             parse: Callable[[str], Proposal], template: list | None = None) -> list[Proposal]:
-        """Ask for ``n`` replies (in batches, with retries) and parse them; returns the proposals
-        that could be read, at most ``n``."""
-        messages = [{"role": "system", "content": self.system}, {"role": "user", "content": prompt}]
+    def _ask(self, ctx: Context, kind: str, prompt: str | Callable[[list[str]], str], n: int, max_tokens: int,
+             schema: dict, parse: Callable[[str], Proposal], template: list | None = None,
+             examples: tuple[str, ...] = ()) -> list[Proposal]:
+        """Ask for ``n`` replies (in batches, with retries) and parse them; returns the new proposals
+        that could be read, at most ``n``. ``prompt`` may be a function of the replies accepted so
+        far (so a later batch is shown what was already proposed); replies equal to an earlier one
+        or to one of ``examples`` are counted and dropped."""
         out: list[Proposal] = []
+        seen = {_canonical(e) for e in examples}
+        accepted: list[str] = []
         for attempt in range(1 + self.s.retries):
             missing = n - len(out)
             if missing <= 0:
@@ -123,6 +135,8 @@ class LLMOperator(Operator):
                 self.counters["retries"] += 1
             while missing > 0:
                 size = min(missing, self.s.batch)
+                text = prompt(accepted) if callable(prompt) else prompt
+                messages = [{"role": "system", "content": self.system}, {"role": "user", "content": text}]
                 seed = int(ctx.rng.integers(2**31))
                 t0 = time.perf_counter()
                 replies = self.backend.chat(messages, n=size, max_tokens=max_tokens, temperature=self.s.temperature,
@@ -144,10 +158,19 @@ class LLMOperator(Operator):
                         continue
                     self.counters["valid"] += 1
                     self.counters["by_kind"][kind]["valid"] += 1
+                    key = _canonical(reply.text)
+                    if key in seen:
+                        copy = key in {_canonical(e) for e in examples}
+                        self.counters["copies" if copy else "repeats"] += 1
+                        outcomes.append("copy of an example" if copy else "repeat")
+                        continue
+                    seen.add(key)
+                    self.counters["distinct"] += 1
                     outcomes.append("ok" + (f" ({', '.join(prop.events)})" if prop.events else ""))
                     if len(out) < n:
                         out.append(prop)
-                ctx.log({"kind": kind, "backend": self.backend.name, "seed": seed, "prompt": prompt,
+                        accepted.append(key)
+                ctx.log({"kind": kind, "backend": self.backend.name, "seed": seed, "prompt": text,
                          "replies": [r.text for r in replies], "outcomes": outcomes, "seconds": round(seconds, 3),
                          "prompt_tokens": sum(r.prompt_tokens for r in replies),
                          "completion_tokens": sum(r.completion_tokens for r in replies)})
@@ -200,20 +223,18 @@ class LLMOperator(Operator):
 
     # ---- operator ---------------------------------------------------------------------------
     def initial(self, ctx: Context, n: int) -> list[Proposal]:
+        """The shared start's head (the priors, or uniform under ``init=noise``), then shapes the
+        LLM writes where the other operators have the shared filler."""
         space, k = ctx.space, self.s.points
-        seeds = [Proposal(uniform_vector(space), "uniform")]
-        if "outlier_ratio" in ctx.profiles and n > 1:
-            seeds.append(Proposal(owl_vector(space, ctx.profiles["outlier_ratio"]), "owl"))
-        seeds = seeds[:n]
-        want = int(round(self.s.init_share * (n - len(seeds))))
-        examples = [self._format(*self._points(p.vector, ctx, k), space.joint) for p in seeds]
-        # An importance-shaped example shows what "prune important regions less" means.
-        t = space.target
-        ramp = t + 0.6 * t * np.linspace(-1, 1, k)
-        examples.append(self._format([int(round(100 * r)) for r in ramp], [int(round(100 * r)) for r in ramp], space.joint))
+        heads = seed_proposals(ctx)[:n]
+        want = int(round(self.s.init_share * (n - len(heads))))
+        # The examples are the priors of the seeded start (uniform, OWL, importance-derived shapes),
+        # as control points: the prompt carries the same knowledge the other operators start from.
+        examples = tuple(self._format(*self._points(vec, ctx, k), space.joint)
+                         for _, vec in prior_shapes(space, ctx.profiles))
         lo, hi = space.bounds
-        prompt = self.templates["initial"].substitute(
-            num_layers=space.num_layers, target_pct=int(round(100 * t)), low_pct=int(round(100 * lo)),
+        fields = dict(
+            num_layers=space.num_layers, target_pct=int(round(100 * space.target)), low_pct=int(round(100 * lo)),
             high_pct=int(round(100 * hi)), points=k,
             attn_importance=self._importance(ctx, "attn_importance", k),
             mlp_importance=self._importance(ctx, "mlp_importance", k),
@@ -221,16 +242,23 @@ class LLMOperator(Operator):
             format='{"rates": [...]}' if space.joint else '{"attn": [...], "mlp": [...]}',
         )
 
+        def prompt(accepted: list[str]) -> str:
+            shown = accepted[-6:]
+            already = ("\nAlready proposed (write a shape different from all of these):\n" + "\n".join(shown) + "\n"
+                       if shown else "")
+            return self.templates["initial"].substitute(fields, already=already)
+
         def parse(text: str) -> Proposal:
             vec, events = parse_shape(text, space, k)
             return Proposal(vec, "llm-init", events=tuple(events))
 
         got = self._ask(ctx, "initial", prompt, want, self.s.shape_tokens,
-                        _JOINT_SCHEMA if space.joint else _SHAPE_SCHEMA, parse, shape_template(k, space.joint)) if want else []
-        rest = n - len(seeds) - want
-        classical = self.fallback.initial(ctx, rest + 1)[1:] if rest > 0 else []  # [0] is uniform again
-        got = self._fill(got, want, lambda m: self.fallback.initial(ctx, m + 1)[1:], "init")
-        return seeds + got + classical
+                        _JOINT_SCHEMA if space.joint else _SHAPE_SCHEMA, parse,
+                        shape_template(k, space.joint, fields["low_pct"], fields["high_pct"]),
+                        examples=examples) if want else []
+        got = self._fill(got, want, lambda m: filler(ctx, m, heads), "init")
+        rest = n - len(heads) - want
+        return heads + got + (filler(ctx, rest, heads) if rest > 0 else [])
 
     def crossover(self, ctx: Context, n: int) -> list[Proposal]:
         want = min(n, self._llm_count(ctx, n, "crossover"))
@@ -299,7 +327,7 @@ class LLMOperator(Operator):
             return Proposal(vec, "llm-mutate", (parent.id,), tuple(moves), tuple(events))
 
         return self._ask(ctx, "mutate", prompt, count, self.s.move_tokens, _MOVES_SCHEMA, parse,
-                         moves_template(self.s.template_moves, L))
+                         moves_template(self.s.max_moves, L))
 
     def _example_move(self, ctx: Context) -> tuple[int, int]:
         """A plausible example: from the most to the least important layer (by MLP importance)."""
@@ -320,3 +348,11 @@ class LLMOperator(Operator):
             desc = ", ".join(f"from {m.src} to {m.dst} {m.part} {int(round(100 * m.amount))}" for m in r.moves)
             lines.append(f"{desc}: {ctx.fitness_name} {-100 * r.gain:+.1f}%")
         return "\n".join(lines)
+
+
+def _canonical(text: str) -> str:
+    """A reply's content, independent of spacing and key order (the text itself if no JSON)."""
+    try:
+        return json.dumps(extract_json(text), sort_keys=True, separators=(",", ":"))
+    except ReplyError:
+        return text.strip()

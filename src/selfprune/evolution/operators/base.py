@@ -94,6 +94,7 @@ class Context:
     moves: list[MoveRecord] = field(default_factory=list)
     log: Callable[[dict[str, Any]], None] = lambda record: None  # the operator transcript
     fitness_name: str = "fitness"  # what the fitness measures, e.g. "perplexity" or "KL to dense"
+    init: str = "seeded"  # how the initial population starts (operators/seeds.py)
 
     @property
     def best(self) -> Individual:
@@ -106,7 +107,10 @@ class Operator:
     name = "operator"
 
     def initial(self, ctx: Context, n: int) -> list[Proposal]:
-        raise NotImplementedError
+        """The shared start (``ctx.init``): every searching operator begins from the same genomes."""
+        from selfprune.evolution.operators.seeds import initial_population
+
+        return initial_population(ctx, n)
 
     def crossover(self, ctx: Context, n: int) -> list[Proposal]:
         raise NotImplementedError
@@ -115,6 +119,10 @@ class Operator:
         raise NotImplementedError
 
     def stats(self) -> dict[str, Any]:
+        return {}
+
+    def setup(self) -> dict[str, Any]:
+        """Settings a resume must match (flat: name -> value), beyond the loop's config."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

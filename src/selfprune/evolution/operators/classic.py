@@ -1,34 +1,21 @@
-"""Classical operators: uniform and OWL-style seeds, random search, a plain GA (tournament,
-two-point crossover, Gaussian mutation) and EvoPress-style level moves that keep the budget."""
+"""Classical operators: uniform and OWL baselines, random search, a GA (tournament, two-point
+crossover, Gaussian or level-switch mutation) and EvoPress as published ((1 + lambda) with level
+switches that keep the budget). Where they start is ``seeds.initial_population``."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from selfprune.evolution.genome import GenomeSpace
-from selfprune.evolution.operators.base import Context, Individual, Move, Operator, Proposal
+from selfprune.evolution.operators.base import Context, Individual, Operator, Proposal
+from selfprune.evolution.operators.seeds import (level_switches, owl_vector, random_vector, switch_count,
+                                                  uniform_vector)
+
+__all__ = ["FixedOperator", "RandomOperator", "GAOperator", "EvoPressOperator", "uniform_vector", "owl_vector",
+           "random_vector", "tournament", "two_point_crossover", "gaussian_mutation"]
 
 
 # ---- building blocks ----------------------------------------------------------------------
-def uniform_vector(space: GenomeSpace) -> np.ndarray:
-    return np.full(space.dim, space.target)
-
-
-def owl_vector(space: GenomeSpace, outlier_ratio: np.ndarray, lam: float = 0.08) -> np.ndarray:
-    """OWL: layers with more activation outliers are pruned less, within target +- lam."""
-    o = np.asarray(outlier_ratio, dtype=float)
-    span = o.max() - o.min()
-    d = (o - o.min()) / span if span > 0 else np.zeros_like(o)
-    rates = space.target + lam - 2 * lam * d
-    return rates if space.joint else np.concatenate([rates, rates])
-
-
-def random_vector(space: GenomeSpace, rng: np.random.Generator) -> np.ndarray:
-    """Target plus Gaussian noise of a random scale: from near-uniform to very uneven."""
-    sigma = rng.uniform(0.02, 0.15)
-    return space.target + sigma * rng.standard_normal(space.dim)
-
-
 def tournament(population: list[Individual], rng: np.random.Generator, k: int = 3) -> Individual:
     picks = rng.choice(len(population), size=min(k, len(population)), replace=False)
     return min((population[i] for i in picks), key=lambda ind: ind.fitness)
@@ -49,27 +36,6 @@ def gaussian_mutation(v: np.ndarray, rng: np.random.Generator, sigma: float, gen
     if not hit.any():
         hit[rng.integers(v.size)] = True
     return v + hit * sigma * rng.standard_normal(v.size)
-
-
-def level_moves(v: np.ndarray, space: GenomeSpace, rng: np.random.Generator, count: int) -> tuple[np.ndarray, tuple[Move, ...]]:
-    """EvoPress-style: ``count`` times, raise one block's rate by one level and lower another
-    block of the same kind by one level, so the total stays (nearly) fixed; repair does the rest."""
-    L = space.num_layers
-    v = np.array(v, dtype=float)
-    moves = []
-    for _ in range(count):
-        part = "mlp" if space.joint else ("attn" if rng.random() < 0.5 else "mlp")
-        levels = space.mlp_levels if part == "mlp" else space.attn_levels
-        off = 0 if (space.joint or part == "attn") else L
-        src, dst = rng.choice(L, size=2, replace=False)
-        cur = v[off + dst]
-        higher = levels[levels > cur + 1e-9]
-        if higher.size == 0 or v[off + src] <= levels[0] + 1e-9:
-            continue
-        move = Move(int(src), int(dst), float(higher[0] - cur), part if not space.joint else "both")
-        v = move.apply(v, space)
-        moves.append(move)
-    return v, tuple(moves)
 
 
 # ---- operators -----------------------------------------------------------------------------
@@ -98,14 +64,9 @@ class FixedOperator(Operator):
 
 
 class RandomOperator(Operator):
-    """Random search: every candidate is drawn afresh around the uniform genome."""
+    """Random search: after the shared start, every candidate is drawn afresh around uniform."""
 
     name = "random"
-
-    def initial(self, ctx: Context, n: int) -> list[Proposal]:
-        return [Proposal(uniform_vector(ctx.space), "uniform")] + [
-            Proposal(random_vector(ctx.space, ctx.rng), "random") for _ in range(n - 1)
-        ]
 
     def crossover(self, ctx: Context, n: int) -> list[Proposal]:
         return [Proposal(random_vector(ctx.space, ctx.rng), "random") for _ in range(n)]
@@ -114,19 +75,24 @@ class RandomOperator(Operator):
 
 
 class GAOperator(Operator):
-    """A plain GA: tournament selection, two-point crossover, Gaussian mutation."""
+    """A GA: tournament selection, two-point crossover, and Gaussian mutation (``mutation="gauss"``)
+    or level switches (``"levels"``: a block one achievable level down, another one up, which
+    Gaussian noise of a few percent followed by rounding rarely does on coarse attention levels)."""
 
-    name = "ga"
-
-    def __init__(self, tournament_k: int = 3, sigma: float = 0.05, gene_prob: float = 0.2):
+    def __init__(self, tournament_k: int = 3, sigma: float = 0.05, gene_prob: float = 0.2, mutation: str = "gauss"):
+        if mutation not in ("gauss", "levels"):
+            raise ValueError(f"unknown GA mutation '{mutation}'")
         self.tournament_k = tournament_k
         self.sigma = sigma
         self.gene_prob = gene_prob
+        self.mutation = mutation
+        self.name = "ga" if mutation == "gauss" else "ga-levels"
 
-    def initial(self, ctx: Context, n: int) -> list[Proposal]:
-        return [Proposal(uniform_vector(ctx.space), "uniform")] + [
-            Proposal(random_vector(ctx.space, ctx.rng), "ga-init") for _ in range(n - 1)
-        ]
+    def _perturb(self, v: np.ndarray, ctx: Context, small: bool) -> np.ndarray:
+        if self.mutation == "levels":
+            return level_switches(v, ctx.space, ctx.rng, 1 if small else switch_count(ctx.rng))[0]
+        scale = 2 if small else 1
+        return gaussian_mutation(v, ctx.rng, self.sigma / scale, self.gene_prob / scale)
 
     def crossover(self, ctx: Context, n: int) -> list[Proposal]:
         out = []
@@ -135,40 +101,31 @@ class GAOperator(Operator):
             b = tournament(ctx.population, ctx.rng, self.tournament_k)
             child = two_point_crossover(np.array(a.genome.vector), np.array(b.genome.vector), ctx.space, ctx.rng)
             # A pure swap of two feasible parents is often a duplicate; a small mutation helps.
-            child = gaussian_mutation(child, ctx.rng, self.sigma / 2, self.gene_prob / 2)
-            out.append(Proposal(child, "ga-crossover", (a.id, b.id)))
+            child = self._perturb(child, ctx, small=True)
+            out.append(Proposal(child, f"{self.name}-crossover", (a.id, b.id)))
         return out
 
     def mutate(self, ctx: Context, n: int) -> list[Proposal]:
         out = []
         for _ in range(n):
             p = tournament(ctx.population, ctx.rng, self.tournament_k)
-            child = gaussian_mutation(np.array(p.genome.vector), ctx.rng, self.sigma, self.gene_prob)
-            out.append(Proposal(child, "ga-mutate", (p.id,)))
+            child = self._perturb(np.array(p.genome.vector), ctx, small=False)
+            out.append(Proposal(child, f"{self.name}-mutate", (p.id,)))
         return out
 
 
 class EvoPressOperator(Operator):
-    """(1+lambda) with level moves between layers (run it with population 1, no crossover)."""
+    """EvoPress (Sieberling et al. 2024, ``evo_prune_search.py``): one parent, lambda offspring,
+    each ``min(randint(1,3), randint(1,3))`` level switches away from it; run it (1 + lambda) with
+    the staged evaluator, which keeps the published survivor counts (strategies.py)."""
 
     name = "evopress"
 
-    def __init__(self, max_moves: int = 3):
-        self.max_moves = max_moves
-
-    def initial(self, ctx: Context, n: int) -> list[Proposal]:
-        out = [Proposal(uniform_vector(ctx.space), "uniform")]
-        for _ in range(n - 1):
-            v, moves = level_moves(uniform_vector(ctx.space), ctx.space, ctx.rng, self.max_moves)
-            out.append(Proposal(v, "evopress-init", (), moves))
-        return out
-
     def mutate(self, ctx: Context, n: int) -> list[Proposal]:
         out = []
+        parent = ctx.best
         for _ in range(n):
-            parent = ctx.best
-            count = int(ctx.rng.integers(1, self.max_moves + 1))
-            v, moves = level_moves(np.array(parent.genome.vector), ctx.space, ctx.rng, count)
+            v, moves = level_switches(np.array(parent.genome.vector), ctx.space, ctx.rng, switch_count(ctx.rng))
             out.append(Proposal(v, "evopress-mutate", (parent.id,), moves))
         return out
 

@@ -1,0 +1,96 @@
+"""Resume safety: a checkpoint records the setup its fitness values come from (fitness, calibration,
+metric, data hashes, LLM backend and settings) and a resume with another setup is refused in one
+line with nothing overwritten; an unreadable checkpoint falls back to the previous one or is one
+clear error."""
+
+import json
+
+import pytest
+
+from selfprune.cli import main
+from selfprune.errors import SelfpruneError
+from selfprune.evolution.genome import GenomeSpace
+from selfprune.evolution.llm.backends import make_backend
+from selfprune.evolution.llm.operator import LLMOperator, LLMSettings
+from selfprune.evolution.loop import CHECKPOINT, PREVIOUS, Search, SearchConfig
+from selfprune.evolution.operators.classic import GAOperator
+from synthetic import synthetic_problem
+
+CFG = SearchConfig(population=4, generations=2, crossover=2, mutation=2, seed=1)
+PROBLEM = {"fitness": "kl", "calib": "lambada", "metric": "wanda-sp", "fitness_samples": [2], "fitness_seqlen": 256,
+           "calib_samples": 32, "calib_seqlen": 256, "seed": 0, "attn_granularity": "head", "mlp_multiple": 1,
+           "calib_sha256": "a" * 64, "fitness_sha256": "b" * 64}
+
+
+def search(out, op=None, cfg=CFG, **problem):
+    p = synthetic_problem(12)
+    sp = GenomeSpace.from_problem(p, 0.3)
+    meta = {"problem": {**PROBLEM, **problem}, "model": "default"}
+    return Search(sp, p.fitness, op or GAOperator(), cfg, profiles=p.profiles, out_dir=out, meta=meta)
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"fitness": "ppl"}, "fitness"),
+    ({"calib": "wikitext2"}, "calib"),
+    ({"metric": "magnitude"}, "metric"),
+    ({"fitness_samples": [4]}, "fitness_samples"),
+    ({"fitness_sha256": "c" * 64}, "fitness_sha256"),
+])
+def test_resume_with_another_setup_is_refused(tmp_path, change, named):
+    search(tmp_path).run()
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    with pytest.raises(SelfpruneError, match=f"made with {named} ") as err:
+        search(tmp_path, cfg=SearchConfig(**{**CFG.to_json(), "generations": 4, "stage_keep": None}), **change).run(resume=True)
+    assert "\n" not in str(err.value)
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before  # nothing overwritten
+
+
+def test_resume_with_another_llm_is_refused(tmp_path):
+    search(tmp_path, LLMOperator(make_backend("random"))).run()
+    with pytest.raises(SelfpruneError, match="made with llm_share 0.3, now 0.5"):
+        search(tmp_path, LLMOperator(make_backend("random"), settings=LLMSettings(share=0.5))).run(resume=True)
+
+
+def test_torn_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    full = search(None).run()
+    search(tmp_path).run()
+    assert (tmp_path / PREVIOUS).exists()
+    prev_generation = json.loads((tmp_path / PREVIOUS).read_text())["generation"]
+    (tmp_path / CHECKPOINT).write_text('{"version": 2, "generation": ')  # torn
+    resumed = search(tmp_path).run(resume=True)
+    assert "resuming from" in capsys.readouterr().out and prev_generation == CFG.generations - 1
+    # The lost generation is redone, deterministically.
+    assert resumed.best.genome.key == full.best.genome.key
+    assert [h["best"] for h in resumed.history] == [h["best"] for h in full.history]
+
+
+def test_unreadable_checkpoints_are_one_clear_error(tmp_path):
+    search(tmp_path).run()
+    (tmp_path / CHECKPOINT).write_text("not json")
+    (tmp_path / PREVIOUS).write_text("[]")
+    with pytest.raises(SelfpruneError, match="cannot resume: .* is not valid JSON .* is not a checkpoint"):
+        search(tmp_path).run(resume=True)
+
+
+def _cli(tmp_path, *extra):
+    return main(["search", "default", "--ratio", "0.3", "--operator", "ga", "--out", str(tmp_path), "--resume",
+                 "--quiet", *extra])
+
+
+def test_cli_refuses_another_fitness_before_loading_the_model(tmp_path, capsys):
+    """As reported: a GA run with --fitness kl, then --resume --fitness ppl reused KL values."""
+    search(tmp_path, fitness="kl").run()
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    rc = _cli(tmp_path, "--fitness", "ppl")
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert 'fitness "kl", now "ppl"' in err
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before and not (tmp_path / "config.json").exists()
+
+
+def test_cli_corrupt_checkpoint_is_one_line(tmp_path, capsys):
+    (tmp_path / CHECKPOINT).write_text('{"version": 2, "gen')
+    rc = _cli(tmp_path)
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "checkpoint.json is not valid JSON" in err
