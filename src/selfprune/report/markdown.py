@@ -19,7 +19,7 @@ def render(results: dict, histories: dict[str, list[dict]], plots: dict[str, str
     ]
     out += [f"> warning: {w}\n" for w in results.get("warnings", [])]
     out += ["## Dense vs pruned", "",
-            t.markdown_table(["", "dense", "pruned", "change"], t.comparison_rows(results)), ""]
+            t.markdown_table(t.comparison_header(results), t.comparison_rows(results)), ""]
     out += ["## Budget spent", "", t.markdown_table(["", ""], t.budget_rows(results)), ""]
     out += _search_section(results, histories, plots)
     out += _rates_section(results, plots)

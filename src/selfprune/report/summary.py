@@ -17,7 +17,7 @@ def summary_text(results: dict, run_dir: str | Path) -> str:
         f"the model), rates from the '{best['operator']}' search "
         f"(fitness {t.fitness(best['fitness'])} vs uniform {t.fitness(results['search']['uniform']['fitness'])})",
         "",
-        t.text_table(["", "dense", "pruned", "change"], t.comparison_rows(results)),
+        t.text_table(t.comparison_header(results), t.comparison_rows(results)),
         "",
         "budget: " + ", ".join(f"{k} {v}" for k, v in t.budget_rows(results)),
     ]

@@ -54,40 +54,56 @@ def _change(before: float | None, after: float | None, kind: str) -> str:
     return f"{(after - before) / before:+.1%}" if before else ""
 
 
-def comparison_rows(results: dict) -> list[tuple[str, str, str, str]]:
-    """(what, dense, pruned, change) for parameters, perplexity, zero-shot and speed."""
-    dense, pruned = results["models"]["dense"], results["models"]["pruned"]
-    rows = [("parameters", params(dense.get("params")), params(pruned.get("params")),
-             _change(dense.get("params"), pruned.get("params"), "relative"))]
+def comparison_header(results: dict) -> list[str]:
+    """The comparison's columns: a "recovered" column when the run distilled the pruned model."""
+    recovered = ["recovered", "change (recovered)"] if results["models"].get("recovered") else []
+    return ["", "dense", "pruned", "change", *recovered]
+
+
+def comparison_rows(results: dict) -> list[tuple[str, ...]]:
+    """(what, dense, pruned, change[, recovered, change]) for parameters, perplexity, zero-shot
+    and speed; changes are against dense."""
+    models = results["models"]
+    dense, pruned, recovered = models["dense"], models["pruned"], models.get("recovered")
+
+    def row(label, get, fmt, kind):
+        d, p = get(dense), get(pruned)
+        cells = (label, fmt(d), fmt(p), _change(d, p, kind))
+        if recovered is not None:
+            r = get(recovered)
+            cells += (fmt(r), _change(d, r, kind))
+        return cells
+
+    rows = [row("parameters", lambda m: m.get("params"), params, "relative")]
     dp, pp = dense.get("perplexity"), pruned.get("perplexity")
     if dp or pp:
         proto = (pp or dp)["protocol"]
         label = f"perplexity ({_source_name(proto['source'])}, seqlen {proto['seqlen']}, {proto['windows']} windows)"
-        rows.append((label, ppl(dp and dp["ppl"]), ppl(pp and pp["ppl"]), _change(dp and dp["ppl"], pp and pp["ppl"], "ratio")))
+        rows.append(row(label, lambda m: (m.get("perplexity") or {}).get("ppl"), ppl, "ratio"))
     dz, pz = dense.get("zeroshot"), pruned.get("zeroshot")
     if dz or pz:
         tasks = list((pz or dz)["tasks"])
         for task in tasks:
-            d = dz["tasks"][task] if dz else None
-            p = pz["tasks"][task] if pz else None
-            metric = (p or d)["metric_for_average"]
-            dv, pv = d and d[metric], p and p[metric]
-            rows.append((f"{task} {metric} (%)", pct(dv), pct(pv), _change(dv, pv, "points")))
-        da, pa = dz and dz["average"], pz and pz["average"]
-        rows.append((f"zero-shot average (%, {len(tasks)} tasks)", pct(da), pct(pa), _change(da, pa, "points")))
+            metric = (pz or dz)["tasks"][task]["metric_for_average"]
+            rows.append(row(f"{task} {metric} (%)",
+                            lambda m: ((m.get("zeroshot") or {}).get("tasks") or {}).get(task, {}).get(metric), pct,
+                            "points"))
+        rows.append(row(f"zero-shot average (%, {len(tasks)} tasks)",
+                        lambda m: (m.get("zeroshot") or {}).get("average"), pct, "points"))
+    same = ("as pruned", "") if recovered is not None else ()  # distillation keeps every shape
     speed = results.get("speed")
     if speed:
         d, p, c = speed["models"]["dense"], speed["models"]["pruned"], speed["comparison"]["pruned"]
         for shape, value in p["prefill_ms"].items():
             rows.append((f"prefill {shape} latency", ms(d["prefill_ms"][shape]), ms(value),
-                         f"{times(c['prefill_speedup'][shape])} faster"))
+                         f"{times(c['prefill_speedup'][shape])} faster", *same))
         for batch, value in p["decode_tok_s"].items():
             rows.append((f"decode batch {batch} throughput", tok_s(d["decode_tok_s"][batch]), tok_s(value),
-                         f"{times(c['decode_speedup'][batch])} faster"))
-        rows.append(("ideal speed-up (parameter ratio)", "", "", times(c["ideal"])))
+                         f"{times(c['decode_speedup'][batch])} faster", *same))
+        rows.append(("ideal speed-up (parameter ratio)", "", "", times(c["ideal"]), *same))
         if d.get("peak_mb") is not None and p.get("peak_mb") is not None:
             rows.append(("peak memory", f"{d['peak_mb']:.0f} MB", f"{p['peak_mb']:.0f} MB",
-                         _change(d["peak_mb"], p["peak_mb"], "relative")))
+                         _change(d["peak_mb"], p["peak_mb"], "relative"), *same))
     return rows
 
 
