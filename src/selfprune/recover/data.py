@@ -95,25 +95,39 @@ def check_not_eval_text(text: str, source: str, exclude_texts=()) -> None:
                 )
 
 
-def _hub_text(source: str) -> str:
-    """Train split of a hub dataset, ``owner/name`` or ``owner/name:config``; rows joined by blank lines."""
+def _hub_text(source: str, max_chars: int | None = None) -> str:
+    """Train split of a hub dataset, ``owner/name`` or ``owner/name:config``; rows joined by blank lines.
+
+    The split is streamed and read only as far as ``max_chars`` (a corpus like C4 is never
+    downloaded whole for a recovery budget of a few million tokens).
+    """
     name, _, config = source.partition(":")
+    rows, chars = [], 0
     try:
         from datasets import load_dataset
 
-        ds = load_dataset(name, config or None, split="train")
+        ds = load_dataset(name, config or None, split="train", streaming=True)
+        column = None
+        for row in ds:
+            if column is None:
+                column = "text" if "text" in row else next((k for k, v in row.items() if isinstance(v, str)), None)
+                if column is None:
+                    raise SelfpruneError(f"hub dataset '{source}' has no text column (columns: {', '.join(row)})")
+            value = row.get(column)
+            if isinstance(value, str) and value.strip():
+                rows.append(value)
+                chars += len(value) + 2
+                if max_chars is not None and chars >= max_chars:
+                    break
+    except SelfpruneError:
+        raise
     except Exception as exc:  # noqa: BLE001 - offline, unknown id, no train split: the same to the user
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SelfpruneError(
             f"could not load recovery data '{source}' (train split) from the hub: {reason}; "
             "use --data lambada (offline) or --data FILE"
         ) from None
-    features = getattr(ds, "features", None) or {}
-    column = "text" if "text" in ds.column_names else next(
-        (c for c in ds.column_names if getattr(features.get(c), "dtype", None) == "string"), None)
-    if column is None:
-        raise SelfpruneError(f"hub dataset '{source}' has no text column (columns: {', '.join(ds.column_names)})")
-    return "\n\n".join(r for r in ds[column] if isinstance(r, str) and r.strip())
+    return "\n\n".join(rows)
 
 
 def check_source(source: str) -> None:
@@ -133,8 +147,12 @@ def _looks_like_hub_id(source: str) -> bool:
     return "/" in source and not source.startswith((".", "/", "~")) and not Path(source).expanduser().exists()
 
 
-def recovery_text(source: str = DEFAULT_SOURCE) -> tuple[str, str]:
-    """(text, description of where it came from) for a named source, a file, or a hub dataset id."""
+def recovery_text(source: str = DEFAULT_SOURCE, max_chars: int | None = None) -> tuple[str, str]:
+    """(text, description of where it came from) for a named source, a file, or a hub dataset id.
+
+    ``max_chars`` bounds how much of a (streamed) hub dataset is read; named sources and files are
+    read whole.
+    """
     if source.lower() in EVAL_NAMES:
         raise SelfpruneError(
             f"'{source}' names WikiText-2 test, the evaluation text; recovery must train on other text "
@@ -155,7 +173,7 @@ def recovery_text(source: str = DEFAULT_SOURCE) -> tuple[str, str]:
             raise SelfpruneError(f"recovery data '{source}' is not UTF-8 text") from None
         return text, f"file {path.resolve()}"
     if _looks_like_hub_id(source):
-        return _hub_text(source), f"hub dataset {source} (train split)"
+        return _hub_text(source, max_chars), f"hub dataset {source} (train split, streamed; first rows in order)"
     raise SelfpruneError(
         f"recovery data '{source}' is neither a file, a hub dataset id (owner/name), nor one of "
         f"{', '.join(CALIBRATION_SOURCES)}"
@@ -163,13 +181,20 @@ def recovery_text(source: str = DEFAULT_SOURCE) -> tuple[str, str]:
 
 
 def load_recovery_data(tokenizer, source: str = DEFAULT_SOURCE, seqlen: int = 512, heldout_blocks: int = 8,
-                       seed: int = 0, exclude_texts=()) -> RecoveryData:
-    """Tokenize the recovery text and cut it into seeded training blocks and held-out blocks."""
+                       seed: int = 0, exclude_texts=(), tokens_needed: int | None = None) -> RecoveryData:
+    """Tokenize the recovery text and cut it into seeded training blocks and held-out blocks.
+
+    ``tokens_needed`` (training tokens) bounds how much of a hub dataset is streamed; a text with
+    fewer tokens than that is visited for several epochs (the protocol says how many).
+    """
     if seqlen < 2:
         raise SelfpruneError(f"seqlen {seqlen} is too short; use at least 2")
     if heldout_blocks < 1:
         raise SelfpruneError(f"heldout blocks must be at least 1, got {heldout_blocks}")
-    text, origin = recovery_text(source)
+    max_chars = None
+    if tokens_needed is not None:  # ~4 characters per token in English; read twice that, for margin
+        max_chars = 8 * (tokens_needed + heldout_blocks * seqlen)
+    text, origin = recovery_text(source, max_chars)
     if not text.strip():
         raise SelfpruneError(f"recovery data '{source}' is empty")
     check_not_eval_text(text, source, exclude_texts)

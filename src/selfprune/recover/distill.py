@@ -235,14 +235,15 @@ def recover(
     if opts.uses_teacher() or teacher is not None:
         if teacher is None or isinstance(teacher, (str, os.PathLike)):
             teacher_label = inputs.require_teacher_name(student, teacher)
-            teacher_model, teacher_tokenizer = inputs.load_teacher(teacher_label, device=str(device))
+            # On a GPU the teacher only runs forward passes: keep it in the autocast dtype (half the memory).
+            teacher_model, teacher_tokenizer = inputs.load_teacher(teacher_label, dtype=amp_dtype, device=str(device))
         else:
             teacher_model, teacher_label = teacher, "in-memory model"
         inputs.check_tokenizers(student, tokenizer, teacher_model, teacher_tokenizer)
         teacher_model.to(device).eval()
 
     data: RecoveryData = load_recovery_data(tokenizer, opts.data, opts.seqlen, opts.heldout_blocks, opts.seed,
-                                            exclude_texts)
+                                            exclude_texts, tokens_needed=opts.steps * opts.tokens_per_step)
     student.to(device)
     start_weights = state_io.weights_fingerprint(student)
     identity = {
@@ -306,6 +307,7 @@ def recover(
                disable=not opts.progress, dynamic_ncols=True)
     last = history["heldout"][-1] if history["heldout"] else {}
     step_seconds = 0.0  # optimizer steps only, without the held-out checks
+    last_saved = start_step
     try:
         for step in range(start_step, steps):
             step_start = time.perf_counter()
@@ -345,8 +347,14 @@ def recover(
             bar.update(1)
             if state_dir is not None and opts.save_every and done % opts.save_every == 0 and done < steps:
                 snapshot(done)
+                last_saved = done
             if callback is not None:
                 callback(record)
+    except KeyboardInterrupt:
+        if state_dir is not None and last_saved:
+            print(f"\nselfprune: the state of step {last_saved} is saved in '{state_dir}'; rerun the same command "
+                  "with --resume to continue from there", file=sys.stderr)
+        raise
     finally:
         bar.close()
 
