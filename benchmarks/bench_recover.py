@@ -53,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="bench_recover_work", help="folder for pruned checkpoints and resumable states")
     p.add_argument("--out", help="results JSON (default benchmarks/results/recover/NAME.json)")
+    p.add_argument("--baseline-from", metavar="JSON",
+                   help="take the dense and training-free results from this results file (same genome and protocol) "
+                        "once it has them, instead of evaluating again: lets two runs of one genome go in parallel")
     p.add_argument("--table", nargs="*", metavar="JSON", help="print the markdown table of these results and exit")
     return p.parse_args(argv)
 
@@ -110,6 +113,14 @@ def run(args) -> None:
     results["eval_protocol"] = {"wikitext": text.describe(), "ppl_seqlen": args.ppl_seqlen,
                                 "ppl_windows": args.ppl_windows, "tasks": args.tasks, "limit": args.limit}
 
+    if args.baseline_from:
+        other = Path(args.baseline_from)
+        while not (other.exists() and "pruned" in json.loads(other.read_text())):
+            time.sleep(30)
+        base = json.loads(other.read_text())
+        if base["eval_protocol"] != results["eval_protocol"] or base["genome"] != results["genome"]:
+            sys.exit(f"{other} has another genome or evaluation protocol")
+        results.update({k: base[k] for k in ("dense", "pruned")})
     if "dense" not in results:
         dense, tokenizer = load_model("default")
         results["dense"] = evaluate(dense, tokenizer, text, args)

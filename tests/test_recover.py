@@ -241,3 +241,21 @@ def test_recovery_data_is_disjoint_seeded_and_refuses_eval_text(default_model, s
     with pytest.raises(SelfpruneError, match="overlaps the evaluation text"):
         check_not_eval_text(own, "slice", exclude_texts=[own[10_000:20_000]])
     check_not_eval_text(own, "slice", exclude_texts=[wiki])
+
+
+def test_gradient_checkpointing_saves_fewer_activations_and_changes_nothing(pruned_dir, small_text, default_model):
+    dense, dense_tok = default_model
+    runs = {}
+    for checkpointing in (False, True):
+        student, tokenizer = _student(pruned_dir)
+        saved = []  # elements autograd keeps for the backward pass (the activations checkpointing drops)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            result = recover(student, tokenizer, teacher=dense, teacher_tokenizer=dense_tok, data=str(small_text),
+                             tokens=2 * 64, gradient_checkpointing=checkpointing, **TINY)
+        runs[checkpointing] = (result, sum(saved))
+    (plain, plain_saved), (ckpt, ckpt_saved) = runs[False], runs[True]
+    assert ckpt_saved < 0.5 * plain_saved
+    assert ckpt.summary["training"]["gradient_checkpointing"] is True
+    assert not ckpt.model.is_gradient_checkpointing  # switched off again for inference
+    for a, b in zip(plain.model.parameters(), ckpt.model.parameters()):
+        assert torch.equal(a, b)
