@@ -1,0 +1,94 @@
+"""Recovery options: what shapes a run, checked before anything is loaded (no torch import here)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from selfprune.errors import SelfpruneError
+
+DEFAULT_SOURCE = "lambada"
+METHODS = ("kd", "lora-kd", "lm")
+# Peak learning rates measured on SmolLM2-135M at 30% (docs/recover.md): full updates need a
+# small step; the adapters start at zero and take a larger one.
+DEFAULT_LR = {"kd": 1e-4, "lora-kd": 1e-3, "lm": 1e-4}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class RecoverOptions:
+    """Everything that shapes a recovery run (the defaults suit a CPU; raise ``tokens`` on a GPU)."""
+
+    method: str = "kd"
+    tokens: int = 200_000  # training tokens (rounded up to whole steps)
+    seqlen: int = 512
+    batch: int = 4  # sequences per forward pass
+    grad_accum: int = 1  # forward passes per optimizer step
+    lr: float | None = None  # peak learning rate; None: DEFAULT_LR[method]
+    warmup: float = 0.05  # fraction of steps with a linear warm-up
+    min_lr_ratio: float = 0.1  # the cosine decays to this fraction of the peak
+    weight_decay: float = 0.0  # on matrices only
+    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
+    temperature: float = 1.0  # distillation temperature
+    data: str = DEFAULT_SOURCE  # lambada, wikitext2-train, c4, a text file, or a hub dataset id
+    heldout_blocks: int = 8  # recovery blocks held out for the periodic check
+    eval_every: int | None = None  # steps between held-out checks; None: about 10 per run; 0: before/after only
+    save_every: int = 0  # steps between saved states (needs state_dir); 0: only at the end
+    state_dir: str | None = None  # where the resumable state lives; None: no state is saved
+    resume: bool = False  # continue from the state in state_dir
+    keep_state: bool = False  # keep state_dir after the result is saved
+    seed: int = 0
+    device: str | None = None  # None: cuda when present, else cpu
+    precision: str = "auto"  # auto: bf16 autocast on a GPU (fp16 where bf16 is missing), fp32 on CPU
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    progress: bool = True
+
+    def validate(self) -> "RecoverOptions":
+        if self.method not in METHODS:
+            raise SelfpruneError(f"unknown recovery method '{self.method}'; choose one of {', '.join(METHODS)}")
+        if not isinstance(self.tokens, int) or self.tokens < 1:
+            raise SelfpruneError(f"--tokens must be a positive number of training tokens, got {self.tokens}")
+        for name in ("seqlen", "batch", "grad_accum", "heldout_blocks", "lora_r"):
+            if getattr(self, name) < (2 if name == "seqlen" else 1):
+                raise SelfpruneError(f"--{name.replace('_', '-')} must be at least {2 if name == 'seqlen' else 1}, "
+                                     f"got {getattr(self, name)}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise SelfpruneError(f"--lr must be a positive number, got {self.lr}")
+        if not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise SelfpruneError("warmup must be in [0, 1) and min_lr_ratio in [0, 1]")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.temperature <= 0 or not 0 <= self.lora_dropout < 1:
+            raise SelfpruneError("weight_decay and grad_clip must be >= 0, temperature > 0, lora_dropout in [0, 1)")
+        if (self.eval_every is not None and self.eval_every < 0) or self.save_every < 0:
+            raise SelfpruneError("--eval-every and --save-every must be 0 or more")
+        if self.precision not in PRECISIONS:
+            raise SelfpruneError(f"unknown precision '{self.precision}'; choose one of {', '.join(PRECISIONS)}")
+        if self.resume and not self.state_dir:
+            raise SelfpruneError("resume needs the state directory of the run to continue (state_dir)")
+        return self
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch * self.grad_accum * self.seqlen
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.tokens / self.tokens_per_step)
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(self.warmup * self.steps)
+
+    def checks_every(self) -> int:
+        if self.eval_every is not None:
+            return self.eval_every
+        return self.steps // 10 if self.steps >= 20 else 0
+
+    def uses_teacher(self) -> bool:
+        return self.method in ("kd", "lora-kd")
