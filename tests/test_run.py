@@ -24,7 +24,7 @@ TINY = [
 def run_dir(tmp_path_factory, wikitext_test_path, default_model_dir):
     out = tmp_path_factory.mktemp("runs") / "smollm2-30"
     argv = ["run", "default", "--ratio", "0.3", *TINY, "--ppl", str(wikitext_test_path), "--out", str(out), "--quiet",
-            "--export", "gguf"]
+            "--export", "gguf", "--recover", "--recover-tokens", "256", "--recover-seqlen", "64", "--recover-batch", "2"]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main(argv) == 0
@@ -50,6 +50,15 @@ def test_run_writes_a_reloadable_model_a_report_and_its_plots(run_dir):
 
     results = json.loads((run_dir / "results.json").read_text())
     assert results["export"]["arch"] == "deci" and results["files"]["gguf"] == "model.gguf"
+    # --recover: a distilled copy beside the training-free result, same shapes, its own evaluation
+    recovered = results["models"]["recovered"]
+    assert recovered["params"] == results["models"]["pruned"]["params"] and recovered["perplexity"]["ppl"] > 0
+    assert recovered["recovery"]["training"]["tokens_trained"] >= 256 and recovered["recovery"]["data"]["source"]
+    assert "| dense | pruned | change | recovered | change (recovered) |" in (run_dir / "report.md").read_text()
+    from selfprune.api import load_pruned as load
+
+    model, _ = load(str(run_dir / "recovered"))
+    assert model.config.selfprune["recovery"] and sum(p.numel() for p in model.parameters()) == recovered["params"]
     from selfprune.api import load_pruned
 
     model, tokenizer = load_pruned(str(run_dir / "model"))
@@ -79,6 +88,7 @@ def test_report_numbers_match_results_json(run_dir):
     assert table["parameters"][:2] == [f"{dense['params']:,}", f"{pruned['params']:,}"]
     ppl_row = next(v for k, v in table.items() if k.startswith("perplexity"))
     assert ppl_row[:2] == [f"{dense['perplexity']['ppl']:.2f}", f"{pruned['perplexity']['ppl']:.2f}"]
+    assert ppl_row[3] == f"{results['models']['recovered']['perplexity']['ppl']:.2f}"  # the recovered column
     piqa = pruned["zeroshot"]["tasks"]["piqa"]
     metric = piqa["metric_for_average"]
     assert table[f"piqa {metric} (%)"][:2] == [f"{100 * dense['zeroshot']['tasks']['piqa'][metric]:.1f}",

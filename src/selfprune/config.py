@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from selfprune.errors import SelfpruneError
 from selfprune.eval.zeroshot import TASKS
-from selfprune.options import (FIELD_TAG, BenchOptions, EvalOptions, OutputOptions, PruneOptions, SearchOptions,
-                               bad)
+from selfprune.options import (FIELD_TAG, BenchOptions, EvalOptions, OutputOptions, PruneOptions,
+                               RecoverStageOptions, SearchOptions, bad)
 
 
 class RunConfig(BaseModel):
@@ -27,7 +27,7 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    preset: str = Field("quick", description="quick (minutes on a CPU) or paper (Self-Pruner's budget)")
+    preset: str = Field("quick", description="quick (minutes on a CPU), paper (Self-Pruner's budget) or paper-recover (paper, then distillation)")
     model: str = Field(description="a local model directory, a hub id, or 'default' (SmolLM2-135M-Instruct)")
     ratio: float = Field(description="target fraction of attention/MLP parameters to remove, in [0, 1)")
     seed: int = Field(0, description="seed of calibration sampling, the search and the benchmark")
@@ -36,6 +36,7 @@ class RunConfig(BaseModel):
     search: SearchOptions = SearchOptions()
     eval: EvalOptions = EvalOptions()
     bench: BenchOptions = BenchOptions()
+    recover: RecoverStageOptions = RecoverStageOptions()
     output: OutputOptions = OutputOptions()
 
     @field_validator("ratio")
@@ -81,6 +82,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bench": {"shapes": [[1, 128], [1, 512], [8, 128]], "decode_batches": [1, 8], "warmup": 2, "repeats": 5},
     },
 }
+# The paper's run, then distillation toward the dense model on a million tokens (docs/recover.md).
+PRESETS["paper-recover"] = {**PRESETS["paper"], "recover": {"enabled": True, "tokens": 1_000_000}}
 
 
 def merge(base: dict, over: dict) -> dict:

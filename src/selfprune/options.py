@@ -24,6 +24,8 @@ from selfprune.evolution.operators.seeds import INITS
 from selfprune.evolution.strategies import OPERATORS
 from selfprune.export.gguf import OUTTYPES
 from selfprune.pruning.metrics import METRICS
+from selfprune.recover.options import METHODS as RECOVER_METHODS
+from selfprune.recover.options import RecoverOptions
 from selfprune.pruning.layouts import GRANULARITIES
 
 FIELD_TAG = "\x1f"  # separates the blamed field from the message in a validator's error
@@ -237,6 +239,26 @@ class BenchOptions(Options):
         if any(b < 1 for b in self.decode_batches):
             raise bad("decode_batches", "must be positive")
         return self
+
+
+class RecoverStageOptions(Options):
+    """Distillation of the pruned model toward the dense one after the training-free result is
+    measured (as ``selfprune recover``); off unless asked for. Defaults are ``RecoverOptions``'s."""
+
+    enabled: bool = Field(False, description="distil the pruned model toward the dense one and report it beside "
+                          "the pruned one (DIR/recovered)")
+    method: Literal[RECOVER_METHODS] = Field(RecoverOptions.method, description="kd: logit distillation, all "
+                                             "parameters; lora-kd: LoRA adapters, merged at save; lm: next-token loss")
+    tokens: int = Field(RecoverOptions.tokens, ge=1, description="training tokens")
+    seqlen: int = Field(RecoverOptions.seqlen, ge=2, description="tokens per training sequence")
+    batch: int = Field(RecoverOptions.batch, ge=1, description="sequences per step")
+    lr: float | None = Field(None, gt=0, description="peak learning rate (default: the method's)")
+    data: str = Field(RecoverOptions.data, description="training text: lambada, a text FILE or a hub dataset id "
+                      "(never the evaluation text)")
+
+    def to_recover_options(self, **settings) -> RecoverOptions:
+        fields = self.model_dump(exclude={"enabled"})
+        return RecoverOptions(**fields, **settings).validate()
 
 
 class OutputOptions(Options):

@@ -65,6 +65,15 @@ def check_run(cfg: RunConfig) -> Preflight:
     if cfg.eval.ppl:
         pre.eval_text = resolve_eval_text(cfg.eval.ppl, pre.warnings)
         _check_disjoint(cfg.prune.calib, pre.eval_text)
+    if cfg.recover.enabled:
+        from selfprune.recover.data import check_source
+
+        cfg.recover.to_recover_options()  # a bad combination fails now, not after the search
+        check_source(cfg.recover.data)
+        if "lora" in cfg.recover.method:
+            from selfprune.recover.lora import check_available
+
+            check_available()
     if cfg.eval.tasks:
         pre.tasks = parse_tasks(cfg.eval.tasks, cfg.eval.task_source)
         if cfg.eval.task_source == "offline":

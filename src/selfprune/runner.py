@@ -103,6 +103,29 @@ def _normal_permissions(root: Path) -> None:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
+def _recover(cfg: RunConfig, pre: Preflight, tmp: Path, stage: Stages, evaluate: EvalSuite, pruned, dense,
+             tokenizer) -> dict:
+    """Distil a copy of the pruned model toward the dense one; the pruned model stays as measured."""
+    from selfprune.recover import recover
+
+    options = cfg.recover.to_recover_options(seed=cfg.seed, device=pre.device, progress=not cfg.output.quiet)
+    with stage("recover") as bar:
+        result = recover(copy.deepcopy(pruned.model), tokenizer, teacher=dense, teacher_tokenizer=tokenizer,
+                         options=options, exclude_texts=[pre.eval_text.text] if pre.eval_text is not None else ())
+        result.pruning_summary = pruned.summary
+        if cfg.output.save_model:
+            result.save(tmp / "recovered")
+        bar.update(1)
+    out = {"params": count_params(result.model)}
+    if evaluate.steps:
+        with stage("eval recovered", evaluate.steps) as bar:
+            out.update(evaluate(result.model, tokenizer, bar))
+    s = result.summary
+    out["recovery"] = {"method": s["method"], "data": s["data"], "training": s["training"], "heldout": s["heldout"],
+                       "wall_time_s": s["wall_time_s"]}
+    return out
+
+
 def _stages(cfg: RunConfig, pre: Preflight, tmp: Path, stage: Stages) -> dict:
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -130,7 +153,8 @@ def _stages(cfg: RunConfig, pre: Preflight, tmp: Path, stage: Stages) -> dict:
     if cfg.eval.dense and evaluate.steps:
         with stage("eval dense", evaluate.steps) as bar:
             models["dense"] = evaluate(model, tokenizer, bar)
-    dense = copy.deepcopy(model) if cfg.bench.enabled else None
+    # The dense model is measured beside the pruned one and is the teacher of the recovery.
+    dense = copy.deepcopy(model) if cfg.bench.enabled or cfg.recover.enabled else None
     models["dense"]["params"] = count_params(model)
     with stage("prune") as bar:
         pruned = prune_model(model, tokenizer, attn_rates=list(best["attn"]), mlp_rates=list(best["mlp"]),
@@ -152,8 +176,11 @@ def _stages(cfg: RunConfig, pre: Preflight, tmp: Path, stage: Stages) -> dict:
         with stage("eval pruned", evaluate.steps) as bar:
             models["pruned"].update(evaluate(pruned.model, tokenizer, bar))
 
+    if cfg.recover.enabled:
+        models["recovered"] = _recover(cfg, pre, tmp, stage, evaluate, pruned, dense, tokenizer)
+
     speed = None
-    if dense is not None:
+    if dense is not None and cfg.bench.enabled:
         b = cfg.bench
         with stage("speed") as bar:
             speed = measure({"dense": dense, "pruned": pruned.model}, prefill_shapes=[tuple(s) for s in b.shapes],
@@ -187,5 +214,6 @@ def _stages(cfg: RunConfig, pre: Preflight, tmp: Path, stage: Stages) -> dict:
         },
         "warnings": pre.warnings,
         "files": {"config": CONFIG, "environment": ENVIRONMENT, "model": "model" if cfg.output.save_model else None,
-                  "gguf": "model.gguf" if exported else None},
+                  "gguf": "model.gguf" if exported else None,
+                  "recovered": "recovered" if cfg.recover.enabled and cfg.output.save_model else None},
     }

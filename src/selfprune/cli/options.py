@@ -12,9 +12,12 @@ FLAG_NAMES = {
     "bench.enabled": "--bench",
     "eval.dense": "--eval-dense",
     "output.export_outtype": "--outtype",
+    # Recovery's fields share names with other sections' (seqlen, batch): prefixed.
+    "recover.enabled": "--recover",
+    **{f"recover.{name}": f"--recover-{name}" for name in ("method", "tokens", "seqlen", "batch", "lr", "data")},
 }
 _METAVARS = {"shapes": "BxS,...", "operator": "NAME[,NAME]", "tasks": "LIST|all", "dir": "DIR",
-             "preset": "{quick,paper}", "fitness_samples": "N[,N...]", "stage_keep": "F[,F...]"}
+             "preset": "{quick,paper,paper-recover}", "fitness_samples": "N[,N...]", "stage_keep": "F[,F...]"}
 
 
 def flag_for(path: str) -> str:
