@@ -106,8 +106,23 @@ def load_model(model: str, dtype: torch.dtype = torch.float32, device: str | Non
         raise SelfpruneError(f"could not load model '{model}': {str(exc).splitlines()[0]}") from None
     if device:
         model_obj.to(device)
+    _align(model_obj)
     model_obj.eval()
     return model_obj, tokenizer
+
+
+# CPU kernels pick their code path by the address of the data: a weight mapped from a safetensors
+# file at an odd offset gives different last bits than the same weight in a fresh allocation.
+_ALIGNMENT = 64
+
+
+@torch.no_grad()
+def _align(model) -> None:
+    """Copy CPU parameters that sit at an unaligned address into fresh (aligned) memory, so that
+    the same weights give the same values here and in a replica built from the state dict."""
+    for p in model.parameters():
+        if p.device.type == "cpu" and p.data_ptr() % _ALIGNMENT:
+            p.data = p.data.clone()
 
 
 def _is_pruned(path: str) -> bool:

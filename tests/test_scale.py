@@ -1,0 +1,107 @@
+"""Scaling paths: fitness on Ray workers, layer-by-layer calibration, dtype and device maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfprune.evolution import search as search_mod
+from selfprune.evolution.parallel import ParallelFitness
+from selfprune.evolution.problem import build_search_problem
+from selfprune.evolution.search import search
+from selfprune.options import PruneOptions, SearchOptions
+
+PRUNE = PruneOptions(calib_samples=2, calib_seqlen=64)
+SEARCH = dict(population=4, generations=1, crossover=2, mutation=2, fitness_samples=[1], fitness_seqlen=64)
+
+
+@pytest.fixture(scope="module")
+def problem(default_model_dir):
+    """A search problem on its own copy of the default model (the problem reorders channels in place)."""
+    from selfprune.models import load_model
+
+    model, tok = load_model(default_model_dir)
+    return model, tok, build_search_problem(model, tok, 0.3, PRUNE, SearchOptions(**SEARCH), progress=False)
+
+
+@pytest.fixture(scope="module")
+def serial(problem):
+    model, tok, prob = problem
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count: the same kernels, the same sums
+    try:
+        return search(model, tok, 0.3, PRUNE, SearchOptions(**SEARCH), progress=False, problem=prob)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def _evaluated(outcome):
+    return outcome.results["ga"].evaluated
+
+
+def test_two_ray_workers_match_the_serial_search(problem, serial, local_ray):
+    model, tok, prob = problem
+    outcome = search(model, tok, 0.3, PRUNE, SearchOptions(**SEARCH, workers=2), progress=False, problem=prob)
+    assert len(_evaluated(serial)) >= 8
+    assert _evaluated(outcome) == _evaluated(serial)  # every genome, every value
+    assert outcome.best.best.genome.key == serial.best.best.genome.key
+    assert outcome.best.best.fitness == serial.best.best.fitness
+    assert outcome.best.report["budget"]["total_evals"] == serial.best.report["budget"]["total_evals"]
+
+
+class _KillFirstWorker(ParallelFitness):
+    """Kills one worker while it holds a candidate, in the first generation that keeps both busy."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.killed = None
+        self.on_dispatch = self._kill
+
+    def _kill(self, pool, busy):
+        import ray
+
+        if self.killed is None and len(busy) == 2:
+            self.killed = busy[0]
+            ray.kill(busy[0], no_restart=True)
+
+
+def test_a_killed_worker_loses_no_candidate(problem, serial, local_ray, monkeypatch):
+    model, tok, prob = problem
+    pools = []
+
+    def make(*args, **kwargs):
+        pools.append(_KillFirstWorker(*args, **kwargs))
+        return pools[-1]
+
+    monkeypatch.setattr(search_mod, "ParallelFitness", make)
+    outcome = search(model, tok, 0.3, PRUNE, SearchOptions(**SEARCH, workers=2), progress=False, problem=prob)
+    (pool,) = pools
+    assert pool.killed is not None and pool.requeued == 1
+    assert _evaluated(outcome) == _evaluated(serial)
+    assert outcome.best.best.genome.key == serial.best.best.genome.key
+
+
+def test_workers_without_ray_is_a_clear_error(problem, monkeypatch):
+    import builtins
+
+    from selfprune.errors import SelfpruneError
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    model, tok, prob = problem
+    with pytest.raises(SelfpruneError, match=r"needs Ray: pip install 'selfprune\[scale\]'"):
+        search(model, tok, 0.3, PRUNE, SearchOptions(**SEARCH, workers=2), progress=False, problem=prob)
