@@ -105,3 +105,40 @@ def test_workers_without_ray_is_a_clear_error(problem, monkeypatch):
     model, tok, prob = problem
     with pytest.raises(SelfpruneError, match=r"needs Ray: pip install 'selfprune\[scale\]'"):
         search(model, tok, 0.3, PRUNE, SearchOptions(**SEARCH, workers=2), progress=False, problem=prob)
+
+
+def _assert_same_scores(a, b):
+    for name in ("head_scores", "channel_scores", "attn_input_mean", "mlp_input_mean"):
+        for x, y in zip(getattr(a, name), getattr(b, name), strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(a.outlier_ratio, b.outlier_ratio)
+    assert a.calib_tokens == b.calib_tokens
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gemma3"])
+def test_layerwise_calibration_equals_the_full_pass(tiny_model, family):
+    from selfprune.models.adapter import get_adapter
+    from selfprune.pruning.importance import compute_importance
+
+    adapter = get_adapter(tiny_model(family))
+    blocks = torch.randint(0, 128, (5, 48), generator=torch.Generator().manual_seed(1))  # a short last batch
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    full = compute_importance(adapter, blocks, "wanda-sp", batch_size=2, progress=False)
+    by_layer = compute_importance(adapter, blocks, "wanda-sp", batch_size=2, progress=False, layerwise=True)
+    _assert_same_scores(full, by_layer)
+    after = adapter.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing moved or changed for good
+    assert all(type(layer).forward is layer.forward.__func__ for layer in adapter.layers)  # forwards restored
+
+
+def test_layerwise_calibration_on_the_default_model(default_model):
+    from selfprune.data.calibration import calibration_text, token_blocks
+    from selfprune.models.adapter import get_adapter
+    from selfprune.pruning.importance import compute_importance
+
+    model, tok = default_model
+    adapter = get_adapter(model)
+    blocks = token_blocks(tok, calibration_text("lambada"), 2, 64, seed=0)
+    full = compute_importance(adapter, blocks, "flap", progress=False)
+    by_layer = compute_importance(adapter, blocks, "flap", progress=False, layerwise=True, device="cpu")
+    _assert_same_scores(full, by_layer)
