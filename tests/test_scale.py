@@ -142,3 +142,52 @@ def test_layerwise_calibration_on_the_default_model(default_model):
     full = compute_importance(adapter, blocks, "flap", progress=False)
     by_layer = compute_importance(adapter, blocks, "flap", progress=False, layerwise=True, device="cpu")
     _assert_same_scores(full, by_layer)
+
+
+def _checkpoint(folder):
+    import json
+
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(f))
+    config = json.loads((folder / "config.json").read_text())
+    return tensors, config
+
+
+def test_pruning_a_device_mapped_model_saves_the_same_checkpoint(default_model_dir, tmp_path):
+    """A device map of the model's modules (all CPU here: transformers dispatches with hooks only
+    across several devices, so sharding itself needs GPUs)."""
+    import json
+
+    from selfprune.api import prune
+
+    options = PruneOptions(calib_samples=2, calib_seqlen=64)
+    names = ["model.embed_tokens", "model.rotary_emb", "model.norm", "lm_head"] + [f"model.layers.{i}" for i in range(30)]
+    (tmp_path / "map.json").write_text(json.dumps({n: "cpu" for n in names}))
+    mapped = prune(default_model_dir, ratio=0.3, options=options, device_map=str(tmp_path / "map.json"), progress=False)
+    single = prune(default_model_dir, ratio=0.3, options=options, device="cpu", progress=False)
+    a, ca = _checkpoint(mapped.save(tmp_path / "mapped"))
+    b, cb = _checkpoint(single.save(tmp_path / "single"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert ca["selfprune"]["layers"] == cb["selfprune"]["layers"]
+
+
+def test_dtype_and_device_map_mistakes_are_one_line(default_model_dir):
+    from selfprune.config import resolve
+    from selfprune.errors import SelfpruneError
+    from selfprune.models.loading import load_model
+
+    model, _ = load_model(default_model_dir, dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    with pytest.raises(SelfpruneError, match="unknown dtype 'fp8'"):
+        load_model(default_model_dir, dtype="fp8")
+    with pytest.raises(SelfpruneError, match="device map 'nowhere'"):
+        load_model(default_model_dir, device_map="nowhere")
+    with pytest.raises(SelfpruneError, match="field 'dtype'"):
+        resolve({"model": "default", "ratio": 0.3, "dtype": "fp8"})
+    with pytest.raises(SelfpruneError, match="device_map.*drop device"):
+        resolve({"model": "default", "ratio": 0.3, "device": "cpu", "device_map": "auto"})

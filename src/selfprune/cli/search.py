@@ -13,7 +13,7 @@ import json
 import sys
 
 # The run fields a search uses: its model and target, the seed, the device, the preset, and where it writes.
-TOP_LEVEL = ["preset", "ratio", "seed", "device", "output.dir", "output.quiet"]
+TOP_LEVEL = ["preset", "ratio", "seed", "device", "dtype", "device_map", "output.dir", "output.quiet"]
 
 
 def register(sub) -> None:
@@ -53,7 +53,8 @@ def run(args) -> int:
         raise SelfpruneError(f"{out} already holds a search; pass --resume to continue it, or choose a new --out")
     pre = check_search(cfg)
 
-    model, tokenizer = load_model(pre.model_path, device=pre.device)
+    model, tokenizer = load_model(pre.model_path, device=None if cfg.device_map else pre.device, dtype=cfg.dtype,
+                                  device_map=cfg.device_map)
     atomic_write_json(out / "config.json", {"command": sys.argv[1:], "config": cfg.model_dump(mode="json"),
                                             "versions": versions()})
     found = search(model, tokenizer, cfg.ratio, cfg.prune, cfg.search, seed=cfg.seed, out_dir=out, resume=args.resume,
