@@ -96,17 +96,21 @@ def part_workers(args) -> dict:
     return out
 
 
-def _peak(fn):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
+def _peak(fn, device: str):
+    """Seconds and peak device memory (GiB above what was allocated before; None off CUDA)."""
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
     t0 = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - t0, (torch.cuda.max_memory_allocated() - base) / 2**30
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, (torch.cuda.max_memory_allocated() - base) / 2**30 if cuda else None
 
 
-def part_gpu(args) -> dict:
+def part_gpu(args, device: str = "cuda") -> dict:
     from bench_gpu_speed import build
 
     from selfprune.evolution.fitness import PruningFitness
@@ -121,11 +125,12 @@ def part_gpu(args) -> dict:
     adapter = get_adapter(model)
     out = {"shape": args.shape, "params": sum(p.numel() for p in model.parameters()), "dtype": "bfloat16"}
     # Layer by layer: the weights stay on the CPU, one layer at a time on the GPU.
-    t, mem = _peak(lambda: compute_importance(adapter, calib, "wanda-sp", progress=False, layerwise=True, device="cuda"))
+    t, mem = _peak(lambda: compute_importance(adapter, calib, "wanda-sp", progress=False, layerwise=True, device=device),
+                   device)
     out["calibration_layerwise"] = {"s": t, "peak_gib": mem}
-    model.to("cuda")
+    model.to(device)
     holder = {}
-    t, mem = _peak(lambda: holder.update(scores=compute_importance(adapter, calib, "wanda-sp", progress=False)))
+    t, mem = _peak(lambda: holder.update(scores=compute_importance(adapter, calib, "wanda-sp", progress=False)), device)
     out["calibration_full"] = {"s": t, "peak_gib": mem, "tokens": calib.numel()}
     scores = order_mlp_channels(adapter, holder["scores"])
     blocks = torch.randint(0, vocab, (args.fitness_blocks, args.fitness_seqlen), generator=gen)
@@ -134,7 +139,7 @@ def part_gpu(args) -> dict:
     fit(rates, rates)  # warm-up
     times = []
     for _ in range(3):
-        t, mem = _peak(lambda: fit(rates, rates))
+        t, mem = _peak(lambda: fit(rates, rates), device)
         times.append(t)
     out["candidate"] = {"s": statistics.median(times), "peak_gib": mem, "tokens": blocks.numel()}
     print(json.dumps(out, indent=1), flush=True)
@@ -154,12 +159,15 @@ def main() -> None:
     ap.add_argument("--calib-samples", type=int, default=128)
     ap.add_argument("--calib-seqlen", type=int, default=128)
     ap.add_argument("--skip-workers", action="store_true", help="only part 2")
+    ap.add_argument("--part2-device", default=None, help="run part 2 here even without CUDA (e.g. cpu with --shape tiny)")
     ap.add_argument("--json", help="write everything measured here")
     args = ap.parse_args()
     result = {}
     if not args.skip_workers:
         result["workers"] = part_workers(args)
-    if torch.cuda.is_available():
+    if args.part2_device:
+        result["gpu"] = part_gpu(args, args.part2_device)
+    elif torch.cuda.is_available():
         result["gpu"] = part_gpu(args)
     else:
         print("no GPU: calibration and candidate cost at a 1B-8B shape not measured", flush=True)

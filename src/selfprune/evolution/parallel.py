@@ -91,15 +91,21 @@ class ParallelFitness:
         self.on_dispatch: Callable[[ParallelFitness, list], None] | None = None  # called after each dispatch round
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     ignore_reinit_error=True, logging_level="ERROR")
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         ignore_reinit_error=True, logging_level="ERROR")
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = f"the Ray cluster at '{address}'" if address else "a local Ray"
+                raise SelfpruneError(f"could not start {where}: {str(exc).splitlines()[0]}") from None
         resources = ray.cluster_resources()
-        cpus, gpus = int(resources.get("CPU", 1)), float(resources.get("GPU", 0))
+        cpus, gpus = float(resources.get("CPU", 1)), float(resources.get("GPU", 0))
         if gpus_per_worker is None:
             gpus_per_worker = gpus / workers if gpus else 0.0
             if gpus_per_worker >= 1:
                 gpus_per_worker = float(math.floor(gpus_per_worker))
-        threads = threads or max(1, cpus // workers)
+        threads = threads or max(1, int(cpus // workers))
+        # More workers than cores: share them (whole cores would leave some workers unscheduled forever).
+        cpus_per_worker = min(float(threads), cpus / workers)
         device = "cuda" if gpus_per_worker > 0 else "cpu"
         model = fitness.adapter.model
         spec = {
@@ -112,7 +118,7 @@ class ParallelFitness:
         }
         t0 = time.perf_counter()
         ref = ray.put(spec)
-        actor_cls = ray.remote(_Worker).options(num_cpus=threads, num_gpus=gpus_per_worker, max_restarts=0)
+        actor_cls = ray.remote(_Worker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0)
         self.actors = [actor_cls.remote(ref, device, threads) for _ in range(workers)]
         try:
             ray.get([a.ready.remote() for a in self.actors])
