@@ -58,7 +58,7 @@ def test_two_ray_workers_match_the_serial_search(problem, serial, local_ray):
 
 
 class _KillFirstWorker(ParallelFitness):
-    """Kills one worker while it holds a candidate, in the first generation that keeps both busy."""
+    """Kills one worker while it holds a candidate, the first time several are busy."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -68,7 +68,7 @@ class _KillFirstWorker(ParallelFitness):
     def _kill(self, pool, busy):
         import ray
 
-        if self.killed is None and len(busy) == 2:
+        if self.killed is None and len(busy) >= 2:
             self.killed = busy[0]
             ray.kill(busy[0], no_restart=True)
 
@@ -82,9 +82,10 @@ def test_a_killed_worker_loses_no_candidate(problem, serial, local_ray, monkeypa
         return pools[-1]
 
     monkeypatch.setattr(search_mod, "ParallelFitness", make)
-    outcome = search(model, tok, 0.3, PRUNE, SearchOptions(**SEARCH, workers=2), progress=False, problem=prob)
+    # Three workers on two cores: they share them rather than one waiting for a free core forever.
+    outcome = search(model, tok, 0.3, PRUNE, SearchOptions(**SEARCH, workers=3), progress=False, problem=prob)
     (pool,) = pools
-    assert pool.killed is not None and pool.requeued == 1
+    assert pool.killed is not None and pool.requeued == 1 and len(pool.actors) == 0  # closed after the search
     assert _evaluated(outcome) == _evaluated(serial)
     assert outcome.best.best.genome.key == serial.best.best.genome.key
 
