@@ -192,3 +192,50 @@ def test_dtype_and_device_map_mistakes_are_one_line(default_model_dir):
         resolve({"model": "default", "ratio": 0.3, "dtype": "fp8"})
     with pytest.raises(SelfpruneError, match="device_map.*drop device"):
         resolve({"model": "default", "ratio": 0.3, "device": "cpu", "device_map": "auto"})
+
+
+class _Quadratic:
+    """A two-stage fitness with a known minimum; ``map`` makes it the parallel kind."""
+
+    num_stages = 2
+
+    def __init__(self):
+        self.calls = []
+
+    def tokens(self, stage):
+        return 10 * (stage + 1)
+
+    def __call__(self, attn, mlp, stage=0):
+        self.calls.append(stage)
+        value = float(((attn - 0.3) ** 2).sum() + ((mlp - 0.2) ** 2).sum()) * (1 + stage)
+        return float("nan") if attn[0] == 0.9 else value
+
+
+class _QuadraticMap(_Quadratic):
+    def map(self, items):
+        return [self(a, m, s) for a, m, s in items]
+
+
+@pytest.mark.parametrize("max_evals", [None, 5, 8])
+def test_parallel_staging_keeps_the_cache_and_budget_of_the_serial_one(max_evals):
+    """Staged selection, duplicates in a list, NaN and a budget that runs out mid-stage."""
+    import numpy as np
+
+    from selfprune.evolution.budget import Budget
+    from selfprune.evolution.evaluator import Evaluator
+    from selfprune.evolution.genome import Genome
+
+    rng = np.random.default_rng(0)
+    rates = [tuple(float(x) for x in rng.choice([0.1, 0.3, 0.5, 0.9], 3)) for _ in range(8)]
+    genomes = [Genome(r, r, r) for r in rates + rates[:2]]  # two repeated within one list
+    runs = []
+    for fitness in (_Quadratic(), _QuadraticMap()):
+        ev = Evaluator(fitness, Budget(), max_evals=max_evals)
+        first = ev.staged(genomes[:6], [0.5])
+        second = ev.staged(genomes, [0.5])
+        runs.append((first, second, ev.cache, ev.budget.to_json(), sorted(fitness.calls)))
+    (*serial, serial_seconds), (*parallel, parallel_seconds) = [
+        (a, b, c, {k: v for k, v in d.items() if k != "seconds"}, e, d["seconds"].keys()) for a, b, c, d, e in runs]
+    assert serial == parallel
+    assert serial_seconds == parallel_seconds
+    assert runs[0][3]["cache_hits"] > 0 and (max_evals is None or runs[0][3]["total_evals"] == max_evals)
