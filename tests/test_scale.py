@@ -239,3 +239,16 @@ def test_parallel_staging_keeps_the_cache_and_budget_of_the_serial_one(max_evals
     assert serial == parallel
     assert serial_seconds == parallel_seconds
     assert runs[0][3]["cache_hits"] > 0 and (max_evals is None or runs[0][3]["total_evals"] == max_evals)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["search", "default", "--ratio", "0.3", "--workers", "0"], "option --workers"),
+    (["search", "default", "--ratio", "0.3", "--dtype", "fp8"], "option --dtype"),
+    (["prune", "default", "--ratio", "0.3", "--device", "cpu", "--device-map", "auto"], "one of --device and --device-map"),
+])
+def test_scale_flag_mistakes_exit_2_with_one_line(argv, message, tmp_path, capsys):
+    from selfprune.cli import main
+
+    assert main(argv + ["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
