@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,6 +32,10 @@ class RunConfig(BaseModel):
     ratio: float = Field(description="target fraction of attention/MLP parameters to remove, in [0, 1)")
     seed: int = Field(0, description="seed of calibration sampling, the search and the benchmark")
     device: str | None = Field(None, description="torch device, e.g. cuda (default: cuda when present, else cpu)")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="weights' dtype: float32, bfloat16 (GPUs), float16, or auto (the checkpoint's own)")
+    device_map: str | None = Field(None, description="shard the model over the visible GPUs (auto, balanced, sequential; "
+                                   "the CPU as a last resort) or a JSON file of module -> device; replaces device")
     prune: PruneOptions = PruneOptions()
     search: SearchOptions = SearchOptions()
     eval: EvalOptions = EvalOptions()
@@ -48,6 +52,8 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.device_map is not None and self.device is not None:
+            raise bad("device_map", "places the model itself; drop device")
         s = self.search
         if not s.min_rate - 1e-9 <= self.ratio <= s.max_rate + 1e-9:
             raise bad("ratio", f"{self.ratio} lies outside search.min_rate..max_rate [{s.min_rate}, {s.max_rate}]")

@@ -90,6 +90,10 @@ class SearchOptions(Options):
     llm_api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     llm_timeout: float = Field(120.0, gt=0, description="seconds per LLM request")
     llm_share: float = Field(0.3, ge=0.0, le=1.0, description="share of each generation's offspring the LLM writes")
+    workers: int = Field(1, ge=1, description="fitness workers (Ray actors, each with a model replica on a GPU, a group "
+                         "of GPUs or CPU threads); 1: evaluate in this process")
+    ray_address: str | None = Field(None, description="Ray cluster to run the fitness workers on (e.g. auto or "
+                                    "ray://HOST:10001; default: a local Ray started for the search)")
 
     @field_validator("operator", mode="before")
     @classmethod

@@ -130,7 +130,8 @@ def _stages(cfg: RunConfig, pre: Preflight, tmp: Path, stage: Stages) -> dict:
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     with stage("load") as bar:
-        model, tokenizer = load_model(pre.model_path, device=pre.device)
+        model, tokenizer = load_model(pre.model_path, device=None if cfg.device_map else pre.device, dtype=cfg.dtype,
+                                      device_map=cfg.device_map)
         bar.update(1)
 
     with stage("search", len(cfg.search.operator)) as bar:

@@ -27,6 +27,10 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs per measurement")
     p.add_argument("--decode-tokens", type=int, default=32, help="tokens generated per decode measurement")
     p.add_argument("--device", default=None, help="torch device (default: cuda when present)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "auto"),
+                   help="weights' dtype (default: float32; bfloat16 on GPUs; auto: the checkpoint's own)")
+    p.add_argument("--device-map", default=None, metavar="auto|FILE",
+                   help="shard the model over the visible GPUs (auto, balanced, sequential), CPU last; replaces --device")
     p.add_argument("--json", metavar="FILE", help="write the measurements, protocol and versions here")
     p.set_defaults(handler=run_bench)
 
@@ -79,8 +83,9 @@ def run_bench(args: argparse.Namespace) -> int:
     from selfprune.models import load_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dense, _ = load_model(baseline, device=device)
-    pruned, _ = load_model(args.pruned, device=device)
+    place = dict(device=None if args.device_map else device, dtype=args.dtype, device_map=args.device_map)
+    dense, _ = load_model(baseline, **place)
+    pruned, _ = load_model(args.pruned, **place)
     result = speed({"dense": dense, "pruned": pruned}, prefill_shapes=shapes, decode_batches=batches,
                    warmup=args.warmup, repeats=args.repeats, decode_tokens=args.decode_tokens)
     print(format_speed_table(result))

@@ -31,6 +31,10 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="zero-shot: first N documents per task")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (perplexity windows / lm-eval)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cuda when present)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "auto"),
+                   help="weights' dtype (default: float32; bfloat16 on GPUs; auto: the checkpoint's own)")
+    p.add_argument("--device-map", default=None, metavar="auto|FILE",
+                   help="shard the model over the visible GPUs (auto, balanced, sequential), CPU last; replaces --device")
     p.add_argument("--json", metavar="FILE", help="write the results, protocol and versions here")
     p.set_defaults(handler=run_eval)
 
@@ -59,7 +63,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from selfprune.models import load_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(args.model, device=device)
+    model, tokenizer = load_model(args.model, device=None if args.device_map else device, dtype=args.dtype,
+                                  device_map=args.device_map)
     report = {"model": args.model, "device": device, "versions": versions()}
     if text is not None:
         from selfprune.eval.perplexity import perplexity

@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("--ratio", type=float, help="fraction of attention/MLP parameters to remove in every layer, in [0, 1)")
     p.add_argument("--rates", metavar="FILE",
                    help="JSON per-layer rates: a list of numbers, or of {\"attn\": a, \"mlp\": m} (e.g. a search's best.json)")
-    add_option_flags(p, section_paths("prune") + ["seed", "device"])
+    add_option_flags(p, section_paths("prune") + ["seed", "device", "dtype", "device_map"])
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the pruned checkpoint")
     p.set_defaults(handler=run)
 
@@ -51,7 +51,12 @@ def run(args) -> int:
     prepare_out_dir(args.out)
 
     seed = top_level_value("seed", given.get("seed", 0))
+    dtype = top_level_value("dtype", given.get("dtype", "float32"))
+    device_map = top_level_value("device_map", given.get("device_map"))
+    if device_map is not None and given.get("device") is not None:
+        raise SelfpruneError("give one of --device and --device-map")
     result = prune(args.model, ratio=args.ratio, rates=rates, options=options, seed=seed, device=given.get("device"),
+                   dtype=dtype, device_map=device_map,
                    rates_source=f"--rates {args.rates}")
     out = result.save(args.out)
     print_summary(result.summary)

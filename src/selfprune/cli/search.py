@@ -13,7 +13,7 @@ import json
 import sys
 
 # The run fields a search uses: its model and target, the seed, the device, the preset, and where it writes.
-TOP_LEVEL = ["preset", "ratio", "seed", "device", "output.dir", "output.quiet"]
+TOP_LEVEL = ["preset", "ratio", "seed", "device", "dtype", "device_map", "output.dir", "output.quiet"]
 
 
 def register(sub) -> None:
@@ -55,7 +55,8 @@ def run(args) -> int:
         check_resume(out, cfg)  # before the model loads: a wrong flag or a broken checkpoint fails at once
     pre = check_search(cfg)
 
-    model, tokenizer = load_model(pre.model_path, device=pre.device)
+    model, tokenizer = load_model(pre.model_path, device=None if cfg.device_map else pre.device, dtype=cfg.dtype,
+                                  device_map=cfg.device_map)
     record = {"command": sys.argv[1:], "config": cfg.model_dump(mode="json"), "versions": versions()}
     if not args.resume:  # a resume that is refused leaves the folder as it was
         atomic_write_json(out / "config.json", record)

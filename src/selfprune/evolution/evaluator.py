@@ -3,6 +3,10 @@
 Staged selection (as in EvoPress): all offspring are scored on the first, cheap stage (few
 tokens); only the best fraction moves on to the next stage, and only genomes scored on the last
 stage compete with the population.
+
+A fitness with a ``map`` method (``parallel.ParallelFitness``) gets each stage's uncached
+candidates as one list, scored in parallel; the cache, the budget counters and the order of the
+results are the same as when scoring one by one.
 """
 
 from __future__ import annotations
@@ -67,17 +71,50 @@ class Evaluator:
         entry[stage] = value
         return value
 
+    def _score_all(self, genomes: Sequence[Genome], stage: int) -> list[float | None]:
+        """``score`` of each genome, in order; with a parallel fitness, the evaluations at once."""
+        if not callable(getattr(self.fitness, "map", None)):
+            return [self.score(g, stage) for g in genomes]
+        # Admit in order exactly as ``score`` would (cache hits, then budget), then evaluate together.
+        values: list[float | None] = [None] * len(genomes)
+        pending: dict[tuple[int, ...], list[int]] = {}
+        for j, genome in enumerate(genomes):
+            entry = self.cache.get(genome.key, {})
+            if stage in entry or genome.key in pending:
+                self.budget.cache_hits += 1
+                if stage in entry:
+                    values[j] = entry[stage]
+                else:
+                    pending[genome.key].append(j)
+                continue
+            if self.exhausted(stage):
+                continue
+            self.budget.count_eval(stage, self.tokens(stage))
+            pending[genome.key] = [j]
+        if not pending:
+            return values
+        firsts = [js[0] for js in pending.values()]
+        t0 = time.perf_counter()
+        results = self.fitness.map([(*genomes[j].arrays(), stage) for j in firsts])
+        self.budget.add_seconds(f"fitness_stage{stage}", time.perf_counter() - t0)
+        for (key, js), value in zip(pending.items(), results):
+            value = float(value)
+            if not math.isfinite(value):
+                self.budget.failed_evals += 1
+                value = math.inf
+            self.cache.setdefault(key, {})[stage] = value
+            for j in js:
+                values[j] = value
+        return values
+
     def staged(self, genomes: Sequence[Genome], keep: Sequence[float] | None) -> list[tuple[int, float]]:
         """Score candidates through the stages; returns (index, final fitness) of the survivors
         of every stage that could be afforded."""
         alive = list(range(len(genomes)))
         stages = range(self.num_stages) if keep else [self.final_stage]
         for stage in stages:
-            scored = []
-            for i in alive:
-                value = self.score(genomes[i], stage)
-                if value is not None:
-                    scored.append((i, value))
+            values = self._score_all([genomes[i] for i in alive], stage)
+            scored = [(i, v) for i, v in zip(alive, values) if v is not None]
             scored.sort(key=lambda t: t[1])
             if stage == self.final_stage:
                 return scored

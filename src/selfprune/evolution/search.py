@@ -17,6 +17,7 @@ from selfprune.evolution.genome import Genome, GenomeSpace
 from selfprune.evolution.llm.backends import make_backend
 from selfprune.evolution.llm.operator import LLMSettings
 from selfprune.evolution.loop import Search, SearchResult
+from selfprune.evolution.parallel import ParallelFitness, import_ray
 from selfprune.evolution.problem import SearchProblem, build_search_problem
 from selfprune.evolution.strategies import get_strategy
 from selfprune.options import PruneOptions, SearchOptions
@@ -84,7 +85,22 @@ def search(model, tokenizer, ratio: float, prune: PruneOptions | None = None, op
     ``problem``: one built earlier for the same model, options and seed (scored once, reused).
     """
     prune, options = prune or PruneOptions(), options or SearchOptions()
+    parallel = options.workers > 1 or options.ray_address is not None
+    if parallel:
+        import_ray()  # before the calibration pass: a missing extra fails fast
     problem = problem or build_search_problem(model, tokenizer, ratio, prune, options, seed=seed, progress=progress)
+    fitness = (ParallelFitness(problem.fitness, options.fitness, options.workers, options.ray_address)
+               if parallel else problem.fitness)
+    try:
+        return _search(problem, fitness, model, tokenizer, ratio, options, seed, out_dir, resume, progress, backend,
+                       per_operator_dirs, meta, on_operator)
+    finally:
+        if parallel:
+            fitness.close()
+
+
+def _search(problem, fitness, model, tokenizer, ratio, options, seed, out_dir, resume, progress, backend,
+            per_operator_dirs, meta, on_operator) -> SearchOutcome:
     space = GenomeSpace.from_problem(problem, ratio, bounds=(options.min_rate, options.max_rate),
                                      budget=options.budget, joint=options.joint)
     uniform, _ = space.repair(np.full(space.dim, ratio))  # the baseline every search must beat
@@ -103,7 +119,7 @@ def search(model, tokenizer, ratio: float, prune: PruneOptions | None = None, op
             backend = make_chat_backend(options, model, tokenizer)
         operator = strategy.make(backend, LLMSettings(share=options.llm_share))
         folder = (Path(out_dir) / name if split else Path(out_dir)) if out_dir else None
-        loop = Search(space, problem.fitness, operator, config, profiles=problem.profiles, out_dir=folder,
+        loop = Search(space, fitness, operator, config, profiles=problem.profiles, out_dir=folder,
                       progress=progress, meta={"problem": problem.info, **(meta or {})})
         results[name], dirs[name] = loop.run(resume=resume), folder
         if uniform_fitness is None:  # most operators score the uniform genome first: reuse it

@@ -92,22 +92,101 @@ def resolve_model_path(model: str) -> str:
     return model  # a hub id; from_pretrained will fetch or use the local hub cache
 
 
-def load_model(model: str, dtype: torch.dtype = torch.float32, device: str | None = None):
-    """Load (model, tokenizer) for a MODEL argument; pruned selfprune checkpoints load too."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+# A model is left on the CPU (and calibrated layer by layer) when it needs more than this share
+# of the device's free memory: the rest is for activations.
+FIT_SHARE = 0.9
+
+
+def resolve_dtype(dtype: str | torch.dtype | None):
+    """A dtype name (float32, bfloat16, float16, auto: the checkpoint's own) or a torch dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype or torch.float32
+    if dtype not in DTYPES:
+        raise SelfpruneError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _parse_device_map(device_map):
+    """auto/balanced/... as accelerate names them, a JSON file or mapping of module -> device."""
+    if device_map is None or isinstance(device_map, dict):
+        return device_map
+    if device_map in DEVICE_MAPS:
+        return device_map
+    path = Path(device_map).expanduser()
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise SelfpruneError(f"device map file '{device_map}' is not JSON (a mapping of module name -> device)") from None
+    try:
+        return {"": torch.device(device_map).type if ":" not in device_map else device_map}
+    except RuntimeError:
+        raise SelfpruneError(f"device map '{device_map}' is not one of {', '.join(DEVICE_MAPS)}, a JSON file, "
+                             "or a device") from None
+
+
+def load_model(model: str, dtype: str | torch.dtype = torch.float32, device: str | None = None,
+               device_map: str | dict | None = None):
+    """Load (model, tokenizer) for a MODEL argument; pruned selfprune checkpoints load too.
+
+    ``device_map`` (``auto``: shard over the visible GPUs, the CPU last) loads through accelerate
+    instead of onto one ``device``. A model bigger than ``device``'s free memory stays on the CPU,
+    said so; its calibration still runs on ``device``, one layer at a time."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(model)
+    dtype = resolve_dtype(dtype)
+    device_map = _parse_device_map(device_map)
+    if device_map is not None:
+        try:
+            import accelerate  # noqa: F401
+        except ImportError:
+            raise SelfpruneError("--device-map needs accelerate: pip install 'selfprune[scale]'") from None
     hf_logging.disable_progress_bar()  # selfprune shows its own progress per stage
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model_obj = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=_is_pruned(path))
+        model_obj = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=_is_pruned(path),
+                                                         device_map=device_map)
     except OSError as exc:
         raise SelfpruneError(f"could not load model '{model}': {str(exc).splitlines()[0]}") from None
-    if device:
-        model_obj.to(device)
+    if device and device_map is None:
+        if _fits(model_obj, device):
+            model_obj.to(device)
+        else:
+            from selfprune.pruning.importance import CALIB_DEVICE_ATTR
+
+            setattr(model_obj, CALIB_DEVICE_ATTR, device)
+            print(f"the model does not fit on {device}: it stays on the CPU and is calibrated one layer at a time on "
+                  f"{device}; use --device-map auto to run it sharded over the GPUs", file=sys.stderr, flush=True)
+    _align(model_obj)
     model_obj.eval()
     return model_obj, tokenizer
+
+
+# CPU kernels pick their code path by the address of the data: a weight mapped from a safetensors
+# file at an odd offset gives different last bits than the same weight in a fresh allocation.
+_ALIGNMENT = 64
+
+
+@torch.no_grad()
+def _align(model) -> None:
+    """Copy CPU parameters that sit at an unaligned address into fresh (aligned) memory, so that
+    the same weights give the same values here and in a replica built from the state dict."""
+    for p in model.parameters():
+        if p.device.type == "cpu" and p.data_ptr() % _ALIGNMENT:
+            p.data = p.data.clone()
+
+
+def _fits(model, device: str) -> bool:
+    dev = torch.device(device)
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return True
+    need = sum(p.numel() * p.element_size() for p in model.parameters())
+    free, _ = torch.cuda.mem_get_info(dev)
+    return need <= FIT_SHARE * free
 
 
 def _is_pruned(path: str) -> bool:

@@ -5,6 +5,13 @@ input channel of the projections, the mean, the variance and the sum of squares 
 activations. A metric (``selfprune.pruning.metrics``) turns those and the weights into scores;
 a head's score sums its head_dim channels of the attention output projection.
 
+Layer by layer (``layerwise``, as FLAP and Wanda do): the inputs of the first decoder layer are
+captured once, then each layer in turn is moved to the device, run on the hidden states of all
+calibration blocks, and moved back, so a model that fits in host memory is scored on a device
+smaller than it. The statistics are merged in the same order, so the scores equal the full pass's.
+It runs when a ``device`` is given that is not where the model sits; ``load_model`` leaves a
+model that does not fit its device on the CPU and names that device for this pass.
+
 The per-channel means are kept for FLAP's bias compensation, and a per-layer outlier ratio
 (share of Wanda scores above 5x their layer mean, as OWL defines it) for OWL-style allocation.
 """
@@ -21,6 +28,7 @@ from selfprune.models.adapter import ModelAdapter
 from selfprune.pruning.metrics import get_metric
 
 OWL_OUTLIER_FACTOR = 5.0
+CALIB_DEVICE_ATTR = "selfprune_calib_device"  # set by load_model on a model left on the CPU
 
 
 @dataclass
@@ -65,6 +73,9 @@ class _Stats:
         self.sumsq = self.sumsq + sumsq_b
         self.count = n
 
+    def to(self, device) -> None:
+        self._mean, self.m2, self.sumsq = (t.to(device) for t in (self._mean, self.m2, self.sumsq))
+
     def mean(self) -> torch.Tensor:
         return self._mean
 
@@ -81,8 +92,10 @@ INPUT_OF = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate"
 
 
 @torch.no_grad()
-def collect_activation_stats(adapter: ModelAdapter, blocks: torch.Tensor, batch_size: int = 8, progress: bool = True):
-    """Run the calibration blocks through the model and return per-layer input statistics."""
+def collect_activation_stats(adapter: ModelAdapter, blocks: torch.Tensor, batch_size: int = 8, progress: bool = True,
+                             layerwise: bool = False, device: str | torch.device | None = None):
+    """Run the calibration blocks through the model and return per-layer input statistics;
+    ``layerwise``: one decoder layer at a time on ``device``."""
     stats = [{role: _Stats() for role in OBSERVED} for _ in range(adapter.num_layers)]
     handles = []
     for i in range(adapter.num_layers):
@@ -92,14 +105,99 @@ def collect_activation_stats(adapter: ModelAdapter, blocks: torch.Tensor, batch_
             if module is None:
                 raise SelfpruneError(f"layer {i} has no {role} projection: importance needs an unpruned (dense) model")
             handles.append(module.register_forward_pre_hook(stats[i][role]))
-    device = next(adapter.model.parameters()).device
     try:
-        for start in tqdm(range(0, len(blocks), batch_size), desc="calibration", disable=not progress, leave=False):
-            adapter.model(blocks[start : start + batch_size].to(device), use_cache=False)
+        if layerwise:
+            _layerwise_pass(adapter, blocks, batch_size, torch.device(device), progress)
+            home = next(adapter.model.parameters()).device
+            for layer_stats in stats:  # next to the weights, where the metric reads them
+                for s in layer_stats.values():
+                    s.to(home)
+        else:
+            home = next(adapter.model.parameters()).device
+            for start in tqdm(range(0, len(blocks), batch_size), desc="calibration", disable=not progress, leave=False):
+                adapter.model(blocks[start : start + batch_size].to(home), use_cache=False)
     finally:
         for h in handles:
             h.remove()
     return stats
+
+
+class _Stop(Exception):
+    """Raised after the last decoder layer's inputs are captured: nothing after it is needed."""
+
+
+def _move_outside(model, inside: set[int], device: torch.device) -> list:
+    """Move every parameter and buffer not in a decoder layer to ``device``; return how to undo it."""
+    undo = []
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        for name, p in module._parameters.items():
+            if p is not None and p.device != device:
+                undo.append((p, None, p.data))
+                p.data = p.data.to(device)
+        for name, b in module._buffers.items():
+            if b is not None and b.device != device:
+                undo.append((module, name, b))
+                module._buffers[name] = b.to(device)
+    return undo
+
+
+def _restore(undo: list) -> None:
+    for owner, name, old in reversed(undo):
+        if name is None:
+            owner.data = old
+        else:
+            owner._buffers[name] = old
+
+
+@torch.no_grad()
+def _layerwise_pass(adapter: ModelAdapter, blocks: torch.Tensor, batch_size: int, device: torch.device,
+                    progress: bool) -> None:
+    """The calibration pass one decoder layer at a time on ``device`` (the hooks see the same inputs)."""
+    model, layers = adapter.model, list(adapter.layers)
+    inside = {id(m) for layer in layers for m in layer.modules()}
+    homes = [next(layer.parameters()).device for layer in layers]
+    hidden: list[torch.Tensor] = []
+    calls: list[list[tuple[tuple, dict]]] = [[] for _ in layers]  # per layer, per batch: its other arguments
+
+    def recorder(i):
+        # Each layer's own arguments (masks, rotary embeddings) as the model builds them: they differ
+        # per layer in families that mix sliding and full attention.
+        def forward(*args, **kwargs):
+            h = args[0] if args else kwargs.pop("hidden_states")
+            calls[i].append((args[1:], kwargs))
+            if i == 0:
+                hidden.append(h)
+            if i == len(layers) - 1:
+                raise _Stop
+            return h
+        return forward
+
+    undo = _move_outside(model, inside, device)
+    try:
+        for i, layer in enumerate(layers):
+            layer.forward = recorder(i)
+        try:
+            for start in range(0, len(blocks), batch_size):
+                try:
+                    model(blocks[start : start + batch_size].to(device), use_cache=False)
+                except _Stop:
+                    pass
+        finally:
+            for layer in layers:
+                del layer.forward  # back to the class's forward
+        for i, layer in enumerate(tqdm(layers, desc="calibration (by layer)", disable=not progress, leave=False)):
+            layer.to(device)
+            try:
+                for b, (args, kwargs) in enumerate(calls[i]):
+                    out = layer(hidden[b], *args, **kwargs)
+                    hidden[b] = out[0] if isinstance(out, tuple) else out
+            finally:
+                layer.to(homes[i])
+            calls[i] = []  # free this layer's arguments as we go
+    finally:
+        _restore(undo)
 
 
 def _per_head(channel_scores: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -113,12 +211,24 @@ def compute_importance(
     metric: str = "wanda-sp",
     batch_size: int = 8,
     progress: bool = True,
+    layerwise: bool | None = None,
+    device: str | torch.device | None = None,
 ) -> ImportanceScores:
-    """Score every head and channel of ``adapter``'s dense model on the calibration ``blocks``."""
+    """Score every head and channel of ``adapter``'s dense model on the calibration ``blocks``.
+
+    ``device``: where to run the pass (default: where the model is, or the device ``load_model``
+    named for a model too big for it); ``layerwise`` (default: when that is not where the model
+    sits): one decoder layer at a time."""
     scorer = get_metric(metric)
     if blocks is None or len(blocks) == 0:
         raise SelfpruneError("importance needs calibration blocks (at least one sequence)")
-    stats = collect_activation_stats(adapter, blocks, batch_size=batch_size, progress=progress)
+    home = next(adapter.model.parameters()).device
+    device = torch.device(device or getattr(adapter.model, CALIB_DEVICE_ATTR, None) or home)
+    if layerwise is None:
+        same = device.type == home.type and (device.index is None or device.index == home.index)
+        layerwise = not same and not getattr(adapter.model, "hf_device_map", None)
+    stats = collect_activation_stats(adapter, blocks, batch_size=batch_size, progress=progress,
+                                     layerwise=layerwise, device=device)
     heads, channels, attn_means, mlp_means, outliers = [], [], [], [], []
     for i in range(adapter.num_layers):
         attn, mlp, s = adapter.attention(i), adapter.mlp(i), stats[i]
