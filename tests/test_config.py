@@ -111,7 +111,10 @@ def test_invalid_yaml_and_unknown_preset_are_user_errors(tmp_path):
         load_config(bad)
     with pytest.raises(SelfpruneError, match="preset"):
         resolve({"model": "m", "ratio": 0.3, "preset": "huge"})
-    assert set(PRESETS) == {"quick", "paper"}
+    assert set(PRESETS) == {"quick", "paper", "paper-recover"}
+    recover = resolve({"model": "m", "ratio": 0.3, "preset": "paper-recover"})
+    assert recover.recover.enabled and recover.search.population == resolve(
+        {"model": "m", "ratio": 0.3, "preset": "paper"}).search.population
     assert RunConfig.model_fields["model"].is_required()
 
 
