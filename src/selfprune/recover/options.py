@@ -9,8 +9,8 @@ from selfprune.errors import SelfpruneError
 
 DEFAULT_SOURCE = "lambada"
 METHODS = ("kd", "lora-kd", "lm")
-# Peak learning rates measured on SmolLM2-135M at 30% (docs/recover.md): full updates need a
-# small step; the adapters start at zero and take a larger one.
+# Peak learning rates: usual fine-tuning values, not swept here (docs/recover.md). Full updates
+# take a small step; LoRA's adapters start at zero and take a larger one.
 DEFAULT_LR = {"kd": 1e-4, "lora-kd": 1e-3, "lm": 1e-4}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
