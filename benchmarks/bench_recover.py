@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,7 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--wikitext", default=_default_wikitext())
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", default="bench_recover_work", help="folder for pruned checkpoints and resumable states")
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "selfprune-bench-recover"),
+                   help="folder for pruned and recovered checkpoints and resumable states (default: in the temp folder)")
     p.add_argument("--out", help="results JSON (default benchmarks/results/recover/NAME.json)")
     p.add_argument("--baseline-from", metavar="JSON",
                    help="take the dense and training-free results from this results file (same genome and protocol) "

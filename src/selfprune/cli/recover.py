@@ -54,7 +54,7 @@ def register(subparsers) -> None:
     p.add_argument("--heldout-blocks", type=int, default=d.heldout_blocks, metavar="N",
                    help=f"recovery blocks held out for the periodic check (default {d.heldout_blocks})")
     p.add_argument("--eval-every", type=int, default=None, metavar="STEPS",
-                   help="steps between held-out checks (default: about 10 per run; 0: before and after only)")
+                   help="steps between held-out checks (default: up to 10, costing ~10%% of the training; 0: before and after only)")
     p.add_argument("--save-every", type=int, default=50, metavar="STEPS",
                    help="steps between saved training states for --resume (default 50; 0: only at the end)")
     p.add_argument("--state-dir", metavar="DIR", help="where the resumable state lives (default: OUT.state); "

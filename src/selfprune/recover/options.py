@@ -9,8 +9,8 @@ from selfprune.errors import SelfpruneError
 
 DEFAULT_SOURCE = "lambada"
 METHODS = ("kd", "lora-kd", "lm")
-# Peak learning rates measured on SmolLM2-135M at 30% (docs/recover.md): full updates need a
-# small step; the adapters start at zero and take a larger one.
+# Peak learning rates: usual fine-tuning values, not swept here (docs/recover.md). Full updates
+# take a small step; LoRA's adapters start at zero and take a larger one.
 DEFAULT_LR = {"kd": 1e-4, "lora-kd": 1e-3, "lm": 1e-4}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -32,7 +32,7 @@ class RecoverOptions:
     temperature: float = 1.0  # distillation temperature
     data: str = DEFAULT_SOURCE  # lambada, wikitext2-train, c4, a text file, or a hub dataset id
     heldout_blocks: int = 8  # recovery blocks held out for the periodic check
-    eval_every: int | None = None  # steps between held-out checks; None: about 10 per run; 0: before/after only
+    eval_every: int | None = None  # steps between held-out checks; None: see checks_every; 0: before/after only
     save_every: int = 0  # steps between saved states (needs state_dir); 0: only at the end
     state_dir: str | None = None  # where the resumable state lives; None: no state is saved
     resume: bool = False  # continue from the state in state_dir
@@ -86,9 +86,16 @@ class RecoverOptions:
         return int(self.warmup * self.steps)
 
     def checks_every(self) -> int:
+        """Steps between held-out checks: as given, or at most 10 per run costing ~10% of the training.
+
+        A check is two forward passes (student, teacher) over the held-out tokens; a step is about
+        four passes' worth (teacher forward, student forward and backward) over its tokens.
+        """
         if self.eval_every is not None:
             return self.eval_every
-        return self.steps // 10 if self.steps >= 20 else 0
+        heldout_tokens = self.heldout_blocks * self.seqlen
+        checks = min(10, int(0.2 * self.steps * self.tokens_per_step / heldout_tokens))
+        return self.steps // checks if checks >= 1 else 0
 
     def uses_teacher(self) -> bool:
         return self.method in ("kd", "lora-kd")
