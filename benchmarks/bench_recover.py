@@ -201,22 +201,23 @@ def table(paths) -> str:
         tasks = res["eval_protocol"]["tasks"].split(",")
         dense_ppl, pruned_ppl = res["dense"]["perplexity"]["ppl"], res["pruned"]["perplexity"]["ppl"]
 
-        def row(label, entry, tokens="", method="", train="", heldout=""):
+        def row(label, entry, tokens="", method="", train="", kl="", heldout_ppl=""):
             ppl = entry["perplexity"]["ppl"]
             gap = "" if entry is res["dense"] else f"{(pruned_ppl - ppl) / (pruned_ppl - dense_ppl):.0%}"
             return [res["name"], label, method, tokens, f"{ppl:.2f}", gap, *[_acc(entry, t) for t in tasks],
-                    heldout, train]
+                    kl, heldout_ppl, train]
 
         rows.append(row("dense", res["dense"]))
-        rows.append(row("pruned, no recovery", res["pruned"], heldout=""))
+        rows.append(row("pruned, no recovery", res["pruned"]))
         for key, entry in res.get("runs", {}).items():
             rec = entry["recovery"]
-            h = rec["heldout"]
+            before, after = rec["heldout"]["before"], rec["heldout"]["after"]
             rows.append(row("recovered", entry, tokens=f"{rec['training']['tokens_trained']:,}", method=rec["method"],
                             train=f"{rec['train_time_s'] / 60:.1f}",
-                            heldout=f"{h['before']['kl']:.3f} -> {h['after']['kl']:.3f}"))
+                            kl=f"{before['kl']:.3f} -> {after['kl']:.3f}" if "kl" in after else "",
+                            heldout_ppl=f"{before['ppl']:.1f} -> {after['ppl']:.1f}"))
     header = ["genome", "model", "method", "tokens", "WikiText-2 ppl", "ppl gap closed",
-              *[f"{t} acc_norm %" for t in tasks], "held-out KL", "train min"]
+              *[f"{t} acc_norm %" for t in tasks], "held-out KL", "held-out ppl", "train min"]
     return markdown_table(header, rows)
 
 
