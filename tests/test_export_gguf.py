@@ -328,6 +328,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(smollm_tokenizer, tmp_path, capsys
     if "--gguf" not in argv:
         argv += ["--gguf", str(tmp_path / "m.gguf")]
     before = sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()  # what writing the setup's checkpoint printed is not the command's output
     code, out, err = _cli(capsys, "export", *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("selfprune: error: ") and pattern in err, err
