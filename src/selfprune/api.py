@@ -7,7 +7,8 @@ metric="flap")``. Defaults live in those objects only.
 
 from __future__ import annotations
 
-from selfprune.data.eval_text import load_eval_text
+import logging
+
 from selfprune.eval.suite import EvalSuite
 from selfprune.eval.zeroshot import parse_tasks
 from selfprune.evolution.search import search as run_search
@@ -72,7 +73,9 @@ def evaluate(model, tokenizer=None, options: EvalOptions | None = None, device: 
     text = None
     if options.ppl:
         warnings: list[str] = []
-        text = resolve_eval_text(options.ppl, warnings) if options.ppl == "auto" else load_eval_text(options.ppl)
+        text = resolve_eval_text(options.ppl, warnings)
+        for warning in warnings:  # e.g. the offline text scored in place of WikiText-2
+            logging.getLogger("selfprune").warning(warning)
     tasks = parse_tasks(options.tasks, options.task_source) if options.tasks else []
     model, tokenizer, _ = _model(model, tokenizer, device, dtype, device_map)
     return EvalSuite(options, text, tasks)(model, tokenizer)

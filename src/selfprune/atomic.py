@@ -32,7 +32,8 @@ def atomic_directory(target: str | os.PathLike):
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    """Write ``text`` to ``path`` through a temporary file, fsync and a rename: a reader (or a
+    resume after a kill) sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
@@ -45,23 +46,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as JSON through a temporary file, fsync and a rename: a reader (or a resume
-    after a kill) sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, allow_nan=True, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -70,3 +54,8 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
+    """``data`` as JSON, written like ``atomic_write_text``."""
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=True, default=str))

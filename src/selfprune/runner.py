@@ -30,6 +30,7 @@ from selfprune.export.gguf import export_gguf
 from selfprune.models.loading import load_model
 from selfprune.preflight import Preflight, check_run
 from selfprune.pruning.pipeline import prune_model
+from selfprune.recover.distill import recover
 from selfprune.report import build_report
 from selfprune.stages import Stages, log, logging_to
 from selfprune.versions import versions
@@ -106,8 +107,6 @@ def _normal_permissions(root: Path) -> None:
 def _recover(cfg: RunConfig, pre: Preflight, tmp: Path, stage: Stages, evaluate: EvalSuite, pruned, dense,
              tokenizer) -> dict:
     """Distil a copy of the pruned model toward the dense one; the pruned model stays as measured."""
-    from selfprune.recover import recover
-
     options = cfg.recover.to_recover_options(seed=cfg.seed, device=pre.device, progress=not cfg.output.quiet)
     with stage("recover") as bar:
         result = recover(copy.deepcopy(pruned.model), tokenizer, teacher=dense, teacher_tokenizer=tokenizer,

@@ -20,7 +20,7 @@ from selfprune.models.adapter import get_adapter
 from selfprune.options import PruneOptions, SearchOptions
 from selfprune.pruning.apply import order_mlp_channels
 from selfprune.pruning.importance import ImportanceScores, compute_importance
-from selfprune.pruning.pipeline import calibration_blocks, check_ratio, default_bias_compensation
+from selfprune.pruning.pipeline import calibration_blocks, check_ratio
 from selfprune.pruning.plan import attention_levels
 
 
@@ -60,9 +60,7 @@ def build_search_problem(model, tokenizer, ratio: float, prune: PruneOptions | N
     get_objective(search.fitness)
     stages = list(search.fitness_samples)
     adapter = get_adapter(model)
-    compensate = prune.bias_compensation
-    if compensate is None:
-        compensate = default_bias_compensation(prune.metric)
+    compensate = prune.compensates()
     blocks = calibration_blocks(tokenizer, prune.calib, prune.calib_samples, prune.calib_seqlen, seed)
     # Best channels first, so that candidates' MLPs are served as views of the dense weights.
     scores = order_mlp_channels(adapter, compute_importance(adapter, blocks, prune.metric, progress=progress))

@@ -155,7 +155,12 @@ class Target:
         w.add_vocab_size(n_vocab)
 
     def write_hparams(self, w: gguf.GGUFWriter, n_vocab: int) -> None:
-        raise NotImplementedError
+        """Per-layer head, KV-head and FFN-width arrays (the graphs that take them)."""
+        self.write_common(w, n_vocab)
+        w.add_head_count([l.heads for l in self.layout])
+        w.add_head_count_kv([l.kv_heads for l in self.layout])
+        w.add_feed_forward_length([l.ffn for l in self.layout])
+        w.add_rope_freq_base(float(rope_parameters(self.src)["rope_theta"]))
 
     def tensors(self):
         """Yield (gguf name, float32 tensor in Hugging Face [out, in] layout)."""
@@ -256,13 +261,6 @@ class DeciTarget(Target):
                               "constant output (exact; costs one head or channel of compute each)")
         return out
 
-    def write_hparams(self, w: gguf.GGUFWriter, n_vocab: int) -> None:
-        self.write_common(w, n_vocab)
-        w.add_head_count([l.heads for l in self.layout])
-        w.add_head_count_kv([l.kv_heads for l in self.layout])
-        w.add_feed_forward_length([l.ffn for l in self.layout])
-        w.add_rope_freq_base(float(rope_parameters(self.src)["rope_theta"]))
-
     @staticmethod
     def _rope_permute(t: torch.Tensor, n_head: int) -> torch.Tensor:
         # Hugging Face rotates the two halves of each head; ggml's "normal" RoPE rotates adjacent
@@ -360,13 +358,6 @@ class OpenElmTarget(Target):
             self.notes.append(f"{n_const} removed block(s) written as one zero-weight head/channel (exact; costs one head "
                               "or channel of compute each)")
         return out
-
-    def write_hparams(self, w: gguf.GGUFWriter, n_vocab: int) -> None:
-        self.write_common(w, n_vocab)
-        w.add_head_count([l.heads for l in self.layout])
-        w.add_head_count_kv([l.kv_heads for l in self.layout])
-        w.add_feed_forward_length([l.ffn for l in self.layout])
-        w.add_rope_freq_base(float(rope_parameters(self.src)["rope_theta"]))
 
     def tensors(self):
         src = self.src

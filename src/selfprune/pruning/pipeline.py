@@ -20,26 +20,10 @@ from selfprune.options import PruneOptions
 from selfprune.pruning.plan import PruningPlan, make_plan, prunable_params
 
 
-def default_bias_compensation(metric: str) -> bool:
-    """Bias compensation is on for the activation-based metrics, off for magnitude (no activations).
-
-    Adding the mean contribution of removed channels to the output bias (FLAP) costs one vector per
-    block and matters enormously for attention: on SmolLM2 at a uniform 30%, wanda-sp gives a
-    WikiText-2 perplexity of 2487 without it and 371 with it (4x512 tokens).
-    ``bias_compensation=False`` gives plain Wanda-sp, as in Self-Pruner.
-    """
-    return get_metric(metric).compensates_by_default
-
-
 def check_ratio(ratio: float) -> float:
     if ratio is None or math.isnan(float(ratio)) or not 0.0 <= float(ratio) < 1.0:
         raise SelfpruneError(f"ratio {ratio} is outside [0, 1): it is the fraction of attention/MLP parameters to remove")
     return float(ratio)
-
-
-def check_metric(metric: str) -> str:
-    get_metric(metric)
-    return metric
 
 
 def read_rates(path: str | Path) -> tuple[list[float], list[float]]:
@@ -135,7 +119,7 @@ def prune_model(
         attn_rates = mlp_rates = [ratio] * adapter.num_layers
     elif mlp_rates is None:
         mlp_rates = attn_rates
-    compensate = metric.compensates_by_default if o.bias_compensation is None else o.bias_compensation
+    compensate = o.compensates()
     torch.manual_seed(seed)
     if scores is None:
         if metric.needs_activations or compensate:
