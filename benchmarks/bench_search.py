@@ -51,24 +51,38 @@ def parse_args(argv=None):
     p.add_argument("--mutation", type=int, default=4)
     p.add_argument("--llm-share", type=float, default=0.3)
     p.add_argument("--fitness", default="ppl", choices=["ppl", "kl"])
-    p.add_argument("--fitness-samples", type=int, default=2)
+    p.add_argument("--fitness-samples", default="2",
+                   help="fitness blocks per selection stage, e.g. 2 or 2,8 (staged: the last stage ranks the best "
+                        "offspring on more tokens)")
     p.add_argument("--fitness-seqlen", type=int, default=512)
     p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--calib-seqlen", type=int, default=256)
     p.add_argument("--eval-windows", type=int, default=32, help="WikiText-2 test windows for held-out perplexity")
     p.add_argument("--eval-seqlen", type=int, default=512)
+    p.add_argument("--tasks", default="piqa,arc_easy", help="zero-shot tasks scored on each best genome")
+    p.add_argument("--zeroshot-limit", type=int, default=200, help="documents per zero-shot task (0: no zero-shot)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already in OUT/results.json (same settings) and run only the missing ones")
     p.add_argument("--wikitext", default=_default_wikitext(),
                    help="WikiText-2 raw test file (default: $SELFPRUNE_WIKITEXT_TEST, ../shared/data/..., or the hub)")
     p.add_argument("--openai-model", help="model name on an OpenAI-compatible server (adds llm-openai)")
     p.add_argument("--llm-base-url")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--table", metavar="RESULTS_JSON", help="print the table of a results file and exit")
     p.add_argument("--out", default="bench_search_out", help="folder for each search's files and results.json")
     return p.parse_args(argv)
 
 
 DEFAULT_ARMS = ("uniform", "owl", "random=random:noise", "ga-noise=ga:noise", "ga-levels=ga-levels:seeded",
                 "evopress=evopress:seeded", "llm-null=llm:seeded:random", "llm-self=llm:seeded:self")
+
+
+# Settings a resumed benchmark must share with the rows it keeps.
+SAME_SETTINGS = ("model", "population", "crossover", "mutation", "llm_share", "fitness", "fitness_samples",
+                 "fitness_seqlen", "calib_samples", "calib_seqlen", "eval_windows", "eval_seqlen", "wikitext",
+                 "tasks", "zeroshot_limit", "seed", "max_evals")
 
 
 def parse_arm(spec: str) -> tuple[str, str, str, str | None]:
@@ -99,8 +113,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.table:
+        data = json.loads(Path(args.table).read_text())
+        print(format_table(data["rows"], data["dense_ppl"], data["speed"], argparse.Namespace(**data["args"])))
+        return 0
     from selfprune.data.eval_text import load_eval_text
     from selfprune.eval.perplexity import perplexity
+    from selfprune.eval.zeroshot import zeroshot
     from selfprune.evolution.genome import GenomeSpace
     from selfprune.evolution.llm.backends import LocalBackend, OpenAIBackend, RandomBackend
     from selfprune.evolution.problem import build_search_problem
@@ -117,7 +136,8 @@ def main(argv=None) -> int:
     if args.openai_model:
         openai_backend = OpenAIBackend(args.openai_model, base_url=args.llm_base_url)
         arms.append(("llm-openai", "llm", "seeded", "openai"))
-    model, tokenizer = load_model(args.model)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_model(args.model, device=device)
     adapter = get_adapter(model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,6 +147,14 @@ def main(argv=None) -> int:
     print(f"dense held-out ppl {dense_ppl:.2f}", flush=True)
     rows, speed = [], {}
     results_file = out / "results.json"
+    if args.resume and results_file.exists():
+        old = json.loads(results_file.read_text())
+        changed = [k for k, v in old["args"].items() if k in SAME_SETTINGS and v != vars(args).get(k)]
+        if changed:
+            sys.exit(f"--resume: {out} was run with other {', '.join(changed)}; use another --out")
+        rows, speed = old["rows"], {float(k): v for k, v in old["speed"].items()}
+        print(f"resuming: {len(rows)} rows kept from {results_file}", flush=True)
+    done = {(r["ratio"], r["arm"], r["seed"]) for r in rows}
 
     def save():
         results_file.write_text(json.dumps({"args": vars(args), "versions": versions(), "dense_ppl": dense_ppl,
@@ -135,7 +163,7 @@ def main(argv=None) -> int:
     for ratio in [float(r) for r in args.ratios.split(",")]:
         t0 = time.perf_counter()
         prune_options = PruneOptions(calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen)
-        search_options = dict(fitness=args.fitness, fitness_samples=[args.fitness_samples],
+        search_options = dict(fitness=args.fitness, fitness_samples=[int(x) for x in args.fitness_samples.split(",")],
                               fitness_seqlen=args.fitness_seqlen, population=args.population, crossover=args.crossover,
                               mutation=args.mutation, max_evals=args.max_evals, llm_share=args.llm_share)
         problem = build_search_problem(model, tokenizer, ratio, prune_options, SearchOptions(**search_options),
@@ -162,6 +190,8 @@ def main(argv=None) -> int:
         for name, operator, init, llm in arms:
             fixed = operator in ("uniform", "owl")
             for seed in seeds[:1] if fixed else seeds:  # a fixed genome is the same for every seed
+                if (ratio, name, seed) in done:
+                    continue
                 t0 = time.perf_counter()
                 backend = None
                 if operator == "llm":
@@ -179,11 +209,15 @@ def main(argv=None) -> int:
                 wall = time.perf_counter() - t0
                 with pruned_view(adapter, fit.plan(*res.best.genome.arrays()), problem.scores, fit.bias_compensation):
                     held_out = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
+                    zs = zeroshot(model, tokenizer, args.tasks, limit=args.zeroshot_limit) if args.zeroshot_limit else None
                 rep = res.report
                 llm_stats = rep.get("operator_stats") or {}
                 rows.append({
                     "ratio": ratio, "arm": name, "operator": operator, "init": init, "llm": llm, "seed": seed,
                     "heldout_ppl": held_out, "fitness": res.best.fitness,
+                    "zeroshot_avg": zs["average"] if zs else None,
+                    "zeroshot": {t: v["acc_norm"] if v.get("acc_norm") is not None else v["acc"]
+                                 for t, v in zs["tasks"].items()} if zs else None,
                     "evals": rep["budget"]["total_evals"], "fitness_tokens": rep["budget"]["total_tokens"],
                     "wall_s": wall, "fitness_s": sum(v for k, v in rep["budget"]["seconds"].items() if k.startswith("fitness")),
                     "llm_calls": llm_stats.get("calls", 0), "llm_valid": llm_stats.get("valid_rate"),
@@ -196,7 +230,8 @@ def main(argv=None) -> int:
                     "rates": {"attn": list(res.best.genome.attn), "mlp": list(res.best.genome.mlp)},
                 })
                 save()
-                print(f"  {name:<10} seed {seed}  held-out ppl {held_out:8.2f}  fitness {res.best.fitness:8.2f}  "
+                zs_text = f"zero-shot {zs['average']:.3f}  " if zs else ""
+                print(f"  {name:<10} seed {seed}  held-out ppl {held_out:8.2f}  {zs_text}fitness {res.best.fitness:8.2f}  "
                       f"evals {rows[-1]['evals']:3d}  best from {res.best.origin:<18} wall {wall:6.1f} s", flush=True)
     save()
     print()
@@ -212,11 +247,14 @@ def summarize(rows) -> list[dict]:
         group = [r for r in rows if (r["ratio"], r["arm"]) == key]
         ppl = [r["heldout_ppl"] for r in group]
         fit = [r["fitness"] for r in group]
+        zs = [r["zeroshot_avg"] for r in group if r.get("zeroshot_avg") is not None]
         u = uniform.get(key[0])
         out.append({
             "ratio": key[0], "arm": key[1], "seeds": len(group), "heldout_mean": statistics.mean(ppl),
             "heldout_sd": statistics.stdev(ppl) if len(ppl) > 1 else 0.0, "x_uniform": statistics.mean(ppl) / u if u else None,
-            "fitness_mean": statistics.mean(fit), "evals": max(r["evals"] for r in group),
+            "fitness_mean": statistics.mean(fit),
+            "zeroshot_mean": statistics.mean(zs) if zs else None,
+            "zeroshot_sd": statistics.stdev(zs) if len(zs) > 1 else 0.0, "evals": max(r["evals"] for r in group),
             "wall_s": statistics.mean(r["wall_s"] for r in group),
             "llm_distinct": sum(r["llm_distinct"] or 0 for r in group) if group[0]["llm_calls"] else None,
             "llm_dropped": sum((r["llm_repeats"] or 0) + (r["llm_copies"] or 0) for r in group) if group[0]["llm_calls"] else None,
@@ -229,14 +267,17 @@ def format_table(rows, dense_ppl, speed, args) -> str:
     lines = [f"dense held-out ppl {dense_ppl:.2f} (WikiText-2 test, {args.eval_windows}x{args.eval_seqlen} tokens); "
              f"fitness: {args.fitness} on {args.fitness_samples}x{args.fitness_seqlen} calibration-side tokens; "
              f"budget {args.max_evals} evaluations per search; seeds {args.seeds}"]
-    head = ("ratio", "arm", "seeds", "held-out ppl (mean +- sd)", "x uniform", "fitness (mean)", "evals", "wall s",
+    head = ("ratio", "arm", "seeds", "held-out ppl (mean +- sd)", "x uniform", "zero-shot avg % (mean +- sd)",
+            "fitness (mean)", "evals", "wall s",
             "LLM distinct", "LLM dropped", "fallbacks")
     table = [head]
     for r in summarize(rows):
         llm = r["llm_distinct"] is not None
         table.append((
             f"{r['ratio']:.1f}", r["arm"], str(r["seeds"]), f"{r['heldout_mean']:.1f} +- {r['heldout_sd']:.1f}",
-            f"{r['x_uniform']:.2f}" if r["x_uniform"] else "-", f"{r['fitness_mean']:.1f}", str(r["evals"]),
+            f"{r['x_uniform']:.2f}" if r["x_uniform"] else "-",
+            f"{100 * r['zeroshot_mean']:.1f} +- {100 * r['zeroshot_sd']:.1f}" if r["zeroshot_mean"] is not None else "-",
+            f"{r['fitness_mean']:.1f}", str(r["evals"]),
             f"{r['wall_s']:.0f}", str(r["llm_distinct"]) if llm else "-", str(r["llm_dropped"]) if llm else "-",
             str(r["fallbacks"]) if llm else "-",
         ))
@@ -244,6 +285,8 @@ def format_table(rows, dense_ppl, speed, args) -> str:
     fmt = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"  # noqa: E731
     lines += [fmt(table[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in table[1:]]
     lines.append("")
+    if getattr(args, "zeroshot_limit", 0):
+        lines.append(f"zero-shot: mean acc_norm of {args.tasks}, first {args.zeroshot_limit} documents each")
     for ratio, s in speed.items():
         lines.append(f"ratio {ratio}: one candidate evaluation {s['candidate_eval_s']:.3f} s vs one dense forward "
                      f"{s['dense_forward_s']:.3f} s over {s['tokens']} tokens = {s['ratio']:.2f}x")

@@ -1,0 +1,211 @@
+"""Which fitness generalises: rank a fixed set of candidate genomes by several fitness settings and
+by held-out WikiText-2 perplexity, and see which fitness picks what held-out text would pick.
+
+A search keeps what its fitness ranks best, so a fitness is as good as its agreement with held-out
+text on the candidates a search meets. The candidates (one ratio, one importance scoring) are the
+priors (uniform, OWL, importance shapes), noise around uniform, random walks of level switches
+from the priors, and the best genomes that earlier searches found with the default fitness (from
+``bench_search.py`` results files): the very genomes that overfit, if any do.
+
+Every candidate is pruned once (a view of the dense weights) and scored, from the same forward
+passes, on 8 fitness blocks of 512 LAMBADA tokens (second half of the calibration source, as the
+search uses): per token the NLL and the KL to the dense model. Smaller fitness settings are
+prefixes of that: n blocks of s tokens is the first s positions of the first n blocks (causal
+attention makes them exactly an s-token block). Then each setting is compared with the held-out
+perplexity (WikiText-2 test, never seen by pruning or fitness):
+
+- Spearman's rho between the setting and held-out log perplexity over all candidates;
+- the held-out perplexity of the setting's best candidate and the mean over its top five: what a
+  search ranking by it would keep;
+- the setting's agreement with itself on other tokens (rho between blocks 0-1 and 2-3 at the same
+  size): how much of its ranking is noise of the few tokens.
+
+    python benchmarks/bench_fitness.py --ratio 0.3 --out benchmarks/results/fitness/r0.3.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SETTINGS = [(obj, n, s) for obj in ("ppl", "kl") for n, s in ((2, 256), (2, 512), (4, 512), (8, 256), (8, 512))]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="default")
+    p.add_argument("--ratio", type=float, default=0.3)
+    p.add_argument("--noise", type=int, default=12, help="candidates drawn as noise around uniform")
+    p.add_argument("--walks", type=int, default=12, help="candidates drawn as level-switch walks from the priors")
+    p.add_argument("--winners", nargs="*", default=None,
+                   help="bench_search results.json files whose best genomes join the candidates "
+                        "(default: benchmarks/results/search/*/results.json)")
+    p.add_argument("--calib-samples", type=int, default=16)
+    p.add_argument("--calib-seqlen", type=int, default=256)
+    p.add_argument("--eval-windows", type=int, default=16)
+    p.add_argument("--eval-seqlen", type=int, default=512)
+    p.add_argument("--wikitext", default=None, help="WikiText-2 raw test file (default as bench_search.py)")
+    p.add_argument("--in-domain", action="store_true",
+                   help="also score fitness on the first half of WikiText-2 test (a diagnostic of the domain gap)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench_fitness.json")
+    return p.parse_args(argv)
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x))
+    return r
+
+
+def spearman(a, b) -> float:
+    ra, rb = ranks(np.asarray(a, dtype=float)), ranks(np.asarray(b, dtype=float))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def candidates(space, problem, args, rng) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    from selfprune.evolution.operators.seeds import level_switches, prior_shapes, random_vector
+
+    out = []
+    priors = prior_shapes(space, problem.profiles)
+    for name, vec in priors:
+        out.append((name, vec))
+    for i in range(args.noise):
+        out.append((f"noise-{i}", random_vector(space, rng)))
+    for i in range(args.walks):
+        name, vec = priors[i % len(priors)]
+        steps = int(rng.integers(2, 16))
+        out.append((f"walk-{name}-{steps}", level_switches(np.asarray(vec), space, rng, steps)[0]))
+    genomes = []
+    seen = set()
+    for name, vec in out:
+        g = space.repair(vec)[0]
+        if g.key not in seen:
+            seen.add(g.key)
+            genomes.append((name, np.asarray(g.attn), np.asarray(g.mlp)))
+    files = args.winners if args.winners is not None else sorted(
+        str(p) for p in (Path(__file__).resolve().parent / "results" / "search").glob("*/results.json"))
+    for f in files:
+        data = json.loads(Path(f).read_text())
+        for row in data["rows"]:
+            if abs(row["ratio"] - args.ratio) > 1e-9 or row["arm"] in ("uniform", "owl"):
+                continue
+            g = space.repair(np.concatenate([row["rates"]["attn"], row["rates"]["mlp"]]))[0]
+            if g.key not in seen:
+                seen.add(g.key)
+                genomes.append((f"winner-{row['arm']}-s{row['seed']}", np.asarray(g.attn), np.asarray(g.mlp)))
+    return genomes
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_search import _default_wikitext
+
+    from selfprune.data.calibration import token_blocks
+    from selfprune.data.eval_text import load_eval_text
+    from selfprune.eval.perplexity import perplexity
+    from selfprune.evolution.genome import GenomeSpace
+    from selfprune.evolution.problem import build_search_problem
+    from selfprune.models import load_model
+    from selfprune.options import PruneOptions, SearchOptions
+    from selfprune.pruning.apply import pruned_view
+    from selfprune.versions import versions
+
+    model, tokenizer = load_model(args.model)
+    prune = PruneOptions(calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen)
+    problem = build_search_problem(model, tokenizer, args.ratio, prune, SearchOptions(fitness_samples=[8], fitness_seqlen=512),
+                                   seed=args.seed, progress=False)
+    fit = problem.fitness
+    space = GenomeSpace.from_problem(problem, args.ratio)
+    wiki = load_eval_text(args.wikitext or _default_wikitext())
+    cut = wiki.text.index("\n", len(wiki.text) // 2) + 1
+    eval_text = dataclasses.replace(wiki, text=wiki.text[cut:], join=wiki.join + "; second half")  # held out
+    sources = {"lambada": fit.stage_blocks[0]}  # the search's own fitness blocks (calibration source, 2nd half)
+    if args.in_domain:  # a diagnostic, not a usable default: fitness text from the evaluation's domain
+        sources["wikitext-1st-half"] = token_blocks(tokenizer, wiki.text[:cut], 8, 512, seed=args.seed + 1)
+    dense_logprobs = {}
+    with torch.no_grad():
+        for src, blocks in sources.items():
+            dense_logprobs[src] = torch.cat([model(blocks[i:i + 4], use_cache=False).logits[:, :-1].float()
+                                             .log_softmax(-1).half() for i in range(0, len(blocks), 4)])
+    eval_kw = dict(seqlen=args.eval_seqlen, max_windows=args.eval_windows)
+    dense_heldout = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
+    cands = candidates(space, problem, args, np.random.default_rng(args.seed))
+    print(f"{len(cands)} candidates at ratio {args.ratio}; dense held-out ppl {dense_heldout:.2f}", flush=True)
+
+    rows = []
+    for name, attn, mlp in cands:
+        row = {"name": name, "attn": [float(x) for x in attn], "mlp": [float(x) for x in mlp]}
+        with torch.no_grad(), pruned_view(fit.adapter, fit.plan(attn, mlp), problem.scores, fit.bias_compensation):
+            for src, blocks in sources.items():
+                t0 = time.perf_counter()
+                nll, kl = [], []
+                for i in range(0, len(blocks), 4):
+                    batch = blocks[i:i + 4]
+                    logp = model(batch, use_cache=False).logits[:, :-1].float().log_softmax(-1)
+                    nll.append(-logp.gather(-1, batch[:, 1:].unsqueeze(-1)).squeeze(-1))
+                    dense = dense_logprobs[src][i:i + 4].float()
+                    kl.append((dense.exp() * (dense - logp)).sum(-1))
+                row[f"{src}_seconds_8x512"] = time.perf_counter() - t0
+                nll, kl = torch.cat(nll).numpy(), torch.cat(kl).numpy()  # [8, 511] per-token values
+                for obj, n, s in SETTINGS:
+                    vals = nll if obj == "ppl" else kl
+                    row[f"{src}:{obj}_{n}x{s}"] = float(vals[:n, :s - 1].mean())
+                    if n == 2:  # the same size on other tokens, for the setting's agreement with itself
+                        row[f"{src}:{obj}_{n}x{s}_alt"] = float(vals[2:4, :s - 1].mean())
+            row["heldout_ppl"] = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
+        rows.append(row)
+        print(f"  {name:<28} held-out {row['heldout_ppl']:8.2f}  " + "  ".join(
+            f"{src} ppl 2x256 {math.exp(row[f'{src}:ppl_2x256']):7.2f} 8x512 {math.exp(row[f'{src}:ppl_8x512']):7.2f}"
+            for src in sources), flush=True)
+
+    held = np.log([r["heldout_ppl"] for r in rows])
+    best_possible = float(np.exp(held.min()))
+    summary = []
+    for src, (obj, n, s) in ((src, st) for src in sources for st in SETTINGS):
+        key = f"{src}:{obj}_{n}x{s}"
+        vals = np.array([r[key] for r in rows])
+        order = np.argsort(vals)
+        entry = {"setting": key, "source": src, "objective": obj, "blocks": n, "seqlen": s, "tokens": n * s,
+                 "spearman_heldout": spearman(vals, held),
+                 "top1_heldout_ppl": float(np.exp(held[order[0]])), "top1": rows[order[0]]["name"],
+                 "top5_mean_heldout_ppl": float(np.exp(held[order[:5]]).mean())}
+        if n == 2:
+            entry["self_agreement"] = spearman(vals, [r[f"{key}_alt"] for r in rows])
+        summary.append(entry)
+    out = {"args": vars(args), "versions": versions(), "dense_heldout_ppl": dense_heldout,
+           "best_candidate_heldout_ppl": best_possible, "uniform_heldout_ppl": rows[0]["heldout_ppl"],
+           "heldout": {"source": args.wikitext or _default_wikitext(), "part": "second half (from the first line "
+                       "break after the middle)", **eval_kw},
+           "fitness_data": {"lambada": {"source": prune.calib, "split": "second half", "blocks": 8, "seqlen": 512,
+                                        "sha256": problem.info["fitness_sha256"]},
+                            "wikitext-1st-half": "WikiText-2 test before the held-out part (with --in-domain)"},
+           "summary": summary, "candidates": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print()
+    print(f"held-out: best candidate {best_possible:.2f}, uniform {rows[0]['heldout_ppl']:.2f}, dense {dense_heldout:.2f}")
+    print("| fitness text | fitness | tokens | Spearman rho vs held-out | self-agreement | held-out of its best | mean of its top 5 |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for e in summary:
+        agree = f"{e['self_agreement']:.2f}" if "self_agreement" in e else ""
+        print(f"| {e['source']} | {e['objective']} {e['blocks']}x{e['seqlen']} | {e['tokens']} | {e['spearman_heldout']:.2f} | {agree} | "
+              f"{e['top1_heldout_ppl']:.1f} | {e['top5_mean_heldout_ppl']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

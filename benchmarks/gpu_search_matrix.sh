@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole search ablation at the paper's budget, for a machine with one GPU: every arm, 30% and
+# 50%, 3 seeds, 430 fitness evaluations each, held-out perplexity on 32 x 512 WikiText-2 test
+# tokens and the zero-shot average of PIQA and ARC-Easy (200 documents each) per best genome.
+# Staged fitness (2 then 8 blocks of 512 tokens) as the fitness benchmark recommends.
+#
+#   SELFPRUNE_WIKITEXT_TEST=/path/wiki.test.raw bash benchmarks/gpu_search_matrix.sh [OUT]
+#
+# A killed run continues with the same command (--resume keeps the finished rows).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-benchmarks/results/search/evals430}
+PY=${PYTHON:-.venv/bin/python}
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no GPU visible to torch')"
+"$PY" benchmarks/bench_search.py --device cuda --ratios 0.3,0.5 --seeds 0,1,2 --max-evals 430 \
+    --fitness-samples 2,8 --fitness-seqlen 512 --eval-windows 32 --eval-seqlen 512 \
+    --tasks piqa,arc_easy --zeroshot-limit 200 --resume --out "$OUT"
+"$PY" benchmarks/bench_search.py --table "$OUT/results.json"
