@@ -97,7 +97,8 @@ class SearchOptions(Options):
     fitness: Literal[_names(OBJECTIVES)] = Field(
         "ppl", description="ppl of the pruned model, or KL divergence to the dense model")
     fitness_samples: list[int] = Field([2], min_length=1, description="fitness blocks per selection stage (non-decreasing)")
-    fitness_seqlen: int = Field(256, ge=2, description="tokens per fitness block")
+    fitness_seqlen: int = Field(512, ge=2, description="tokens per fitness block (512: docs/search.md, 'Which fitness "
+                                "generalises')")
     stage_keep: list[float] | None = Field(None, description="fraction of offspring promoted at each stage but the "
                                            "last (default 0.25 when there are several stages)")
     budget: Literal[BUDGETS] = Field("mean", description="mean: mean rate over layers; params: exact parameter fraction")
