@@ -76,7 +76,7 @@ def test_every_config_field_has_a_flag_and_every_option_of_the_other_subcommands
     ([], "model: default\nratio: 0.3\nbench: {repeats: many}\n", "bench.repeats"),  # wrong type
     (["--population", "abc"], "model: default\nratio: 0.3\n", "search.population"),  # wrong type, from a flag
     (["--ratio", "1.5"], "model: default\n", "ratio"),  # out of range
-    (["--llm", "self"], "model: default\nratio: 0.3\n", "search.llm"),  # an LLM but no llm operator
+    (["--llm", "self", "--operator", "ga"], "model: default\nratio: 0.3\n", "search.llm"),  # an LLM but no llm operator
     (["--min-rate", "0.5", "--max-rate", "0.4"], "model: default\nratio: 0.3\n", "search.min_rate"),
     (["--fitness-samples", "2,4", "--stage-keep", "0.5,0.5"], "model: default\nratio: 0.3\n", "search.stage_keep"),
     (["--seqlen", "100000"], "model: default\nratio: 0.3\n", "eval.seqlen"),  # longer than the model's context

@@ -102,14 +102,14 @@ def test_report_numbers_match_results_json(run_dir):
     assert budget["fitness evaluations"][0] == f"{results['budget']['fitness_evals']:,}"
     assert budget["fitness tokens"][0] == f"{results['budget']['fitness_tokens']:,}"
     # The search spent what its own report says, and found a genome no worse than uniform.
-    ga = results["search"]["operators"]["ga-levels"]  # the default operator
+    ga = results["search"]["operators"]["llm"]  # the default operator: the LLM, the model itself
     assert results["budget"]["fitness_evals"] == ga["report"]["budget"]["total_evals"] > 0
     assert results["best"]["fitness"] <= results["search"]["uniform"]["fitness"]
     history = json.loads((run_dir / ga["files"]["history.json"]).read_text())
     assert [h["generation"] for h in history] == [0, 1]
     assert all(h["median"] >= h["best"] for h in history)
     search = _table(report, "Search")
-    assert search["ga-levels"][3] == f"{ga['best']['fitness']:.4g}"
+    assert search["llm"][3] == f"{ga['best']['fitness']:.4g}"
     # Achieved ratio in the headline is the pruner's own count.
     assert f"**{100 * results['prune']['achieved_ratio_prunable']:.1f}%**" in report
 

@@ -12,7 +12,7 @@ from selfprune.evolution.search import search
 from selfprune.options import PruneOptions, SearchOptions
 
 PRUNE = PruneOptions(calib_samples=2, calib_seqlen=64)
-SEARCH = dict(population=4, generations=1, crossover=2, mutation=2, fitness_samples=[1], fitness_seqlen=64)
+SEARCH = dict(operator=["ga"], population=4, generations=1, crossover=2, mutation=2, fitness_samples=[1], fitness_seqlen=64)
 
 
 @pytest.fixture(scope="module")

@@ -82,7 +82,7 @@ class SearchOptions(Options):
     """The search for per-layer rates (as ``selfprune search``)."""
 
     operator: list[Literal[OPERATORS]] = Field(
-        ["ga-levels"], min_length=1,
+        ["llm"], min_length=1,
         description="search operator(s); several run one after another on the same budget and the best genome wins")
     init: Literal[INITS] = Field(
         "seeded", description="initial population of every searching operator: seeded (uniform, OWL and "
