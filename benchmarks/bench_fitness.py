@@ -36,6 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import default_wikitext  # noqa: E402
+
 SETTINGS = [(obj, n, s) for obj in ("ppl", "kl") for n, s in ((2, 256), (2, 512), (4, 512), (8, 256), (8, 512))]
 
 
@@ -111,9 +114,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_search import _default_wikitext
-
     from selfprune.data.calibration import token_blocks
     from selfprune.data.eval_text import load_eval_text
     from selfprune.eval.perplexity import perplexity
@@ -130,17 +130,13 @@ def main(argv=None) -> int:
                                    seed=args.seed, progress=False)
     fit = problem.fitness
     space = GenomeSpace.from_problem(problem, args.ratio)
-    wiki = load_eval_text(args.wikitext or _default_wikitext())
+    wiki = load_eval_text(args.wikitext or default_wikitext())
     cut = wiki.text.index("\n", len(wiki.text) // 2) + 1
     eval_text = dataclasses.replace(wiki, text=wiki.text[cut:], join=wiki.join + "; second half")  # held out
     sources = {"lambada": fit.stage_blocks[0]}  # the search's own fitness blocks (calibration source, 2nd half)
     if args.in_domain:  # a diagnostic, not a usable default: fitness text from the evaluation's domain
         sources["wikitext-1st-half"] = token_blocks(tokenizer, wiki.text[:cut], 8, 512, seed=args.seed + 1)
-    dense_logprobs = {}
-    with torch.no_grad():
-        for src, blocks in sources.items():
-            dense_logprobs[src] = torch.cat([model(blocks[i:i + 4], use_cache=False).logits[:, :-1].float()
-                                             .log_softmax(-1).half() for i in range(0, len(blocks), 4)])
+    dense_logprobs = {src: torch.cat(fit.dense_logprobs(blocks)) for src, blocks in sources.items()}
     eval_kw = dict(seqlen=args.eval_seqlen, max_windows=args.eval_windows)
     dense_heldout = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
     cands = candidates(space, problem, args, np.random.default_rng(args.seed))
@@ -153,11 +149,11 @@ def main(argv=None) -> int:
             for src, blocks in sources.items():
                 t0 = time.perf_counter()
                 nll, kl = [], []
-                for i in range(0, len(blocks), 4):
-                    batch = blocks[i:i + 4]
+                for i in range(0, len(blocks), fit.batch_size):
+                    batch = blocks[i:i + fit.batch_size]
                     logp = model(batch, use_cache=False).logits[:, :-1].float().log_softmax(-1)
                     nll.append(-logp.gather(-1, batch[:, 1:].unsqueeze(-1)).squeeze(-1))
-                    dense = dense_logprobs[src][i:i + 4].float()
+                    dense = dense_logprobs[src][i:i + fit.batch_size].float()
                     kl.append((dense.exp() * (dense - logp)).sum(-1))
                 row[f"{src}_seconds_8x512"] = time.perf_counter() - t0
                 nll, kl = torch.cat(nll).numpy(), torch.cat(kl).numpy()  # [8, 511] per-token values
@@ -188,7 +184,7 @@ def main(argv=None) -> int:
         summary.append(entry)
     out = {"args": vars(args), "versions": versions(), "dense_heldout_ppl": dense_heldout,
            "best_candidate_heldout_ppl": best_possible, "uniform_heldout_ppl": rows[0]["heldout_ppl"],
-           "heldout": {"source": args.wikitext or _default_wikitext(), "part": "second half (from the first line "
+           "heldout": {"source": args.wikitext or default_wikitext(), "part": "second half (from the first line "
                        "break after the middle)", **eval_kw},
            "fitness_data": {"lambada": {"source": prune.calib, "split": "second half", "blocks": 8, "seqlen": 512,
                                         "sha256": problem.info["fitness_sha256"]},

@@ -18,21 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import default_wikitext  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "recover"
-
-
-def _default_wikitext() -> str:
-    env = os.environ.get("SELFPRUNE_WIKITEXT_TEST")
-    if env:
-        return env
-    local = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
-    return str(local) if local.exists() else "wikitext2"
 
 
 def parse_args(argv=None):
@@ -49,7 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--ppl-seqlen", type=int, default=512)
     p.add_argument("--tasks", default="piqa,arc_easy")
     p.add_argument("--limit", type=int, default=200, help="zero-shot documents per task")
-    p.add_argument("--wikitext", default=_default_wikitext())
+    p.add_argument("--wikitext", default=default_wikitext())
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "selfprune-bench-recover"),

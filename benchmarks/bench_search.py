@@ -33,8 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import default_wikitext  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -64,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resume", action="store_true",
                    help="keep the rows already in OUT/results.json (same settings) and run only the missing ones")
-    p.add_argument("--wikitext", default=_default_wikitext(),
+    p.add_argument("--wikitext", default=default_wikitext(),
                    help="WikiText-2 raw test file (default: $SELFPRUNE_WIKITEXT_TEST, ../shared/data/..., or the hub)")
     p.add_argument("--openai-model", help="model name on an OpenAI-compatible server (adds llm-openai)")
     p.add_argument("--llm-base-url")
@@ -90,14 +92,6 @@ def parse_arm(spec: str) -> tuple[str, str, str, str | None]:
     name, _, rest = spec.partition("=")
     parts = (rest or name).split(":", 2)  # the LLM may hold a colon itself: local:PATH
     return name, parts[0], parts[1] if len(parts) > 1 else "seeded", parts[2] if len(parts) > 2 else None
-
-
-def _default_wikitext() -> str:
-    import os
-
-    env = os.environ.get("SELFPRUNE_WIKITEXT_TEST")
-    local = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
-    return env or (str(local) if local.exists() else "wikitext2")
 
 
 def timed(fn, repeats=3):
@@ -216,8 +210,7 @@ def main(argv=None) -> int:
                     "ratio": ratio, "arm": name, "operator": operator, "init": init, "llm": llm, "seed": seed,
                     "heldout_ppl": held_out, "fitness": res.best.fitness,
                     "zeroshot_avg": zs["average"] if zs else None,
-                    "zeroshot": {t: v["acc_norm"] if v.get("acc_norm") is not None else v["acc"]
-                                 for t, v in zs["tasks"].items()} if zs else None,
+                    "zeroshot": {t: v[v["metric_for_average"]] for t, v in zs["tasks"].items()} if zs else None,
                     "evals": rep["budget"]["total_evals"], "fitness_tokens": rep["budget"]["total_tokens"],
                     "wall_s": wall, "fitness_s": sum(v for k, v in rep["budget"]["seconds"].items() if k.startswith("fitness")),
                     "llm_calls": llm_stats.get("calls", 0), "llm_valid": llm_stats.get("valid_rate"),

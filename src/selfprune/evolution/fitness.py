@@ -31,7 +31,7 @@ class PruningFitness:
         self.attn_granularity, self.mlp_multiple = attn_granularity, mlp_multiple
         self.bias_compensation, self.batch_size = bias_compensation, batch_size
         self.device = next(adapter.model.parameters()).device
-        self._dense_logprobs = [self._dense(b) for b in stage_blocks] if self.objective.needs_dense else None
+        self._dense_logprobs = [self.dense_logprobs(b) for b in stage_blocks] if self.objective.needs_dense else None
 
     @property
     def display_name(self) -> str:
@@ -45,7 +45,9 @@ class PruningFitness:
         return int(self.stage_blocks[stage].numel())
 
     @torch.no_grad()
-    def _dense(self, blocks: torch.Tensor) -> list[torch.Tensor]:
+    def dense_logprobs(self, blocks: torch.Tensor) -> list[torch.Tensor]:
+        """The dense model's next-token log-probabilities on ``blocks``, one tensor per batch.
+        Call it outside ``pruned_view``."""
         # Half precision keeps the cached distributions small; the KL sum is accumulated in fp32.
         return [self._logits(blocks[i : i + self.batch_size]).log_softmax(-1).half()
                 for i in range(0, len(blocks), self.batch_size)]
