@@ -72,7 +72,10 @@ def parse_args(argv=None):
     p.add_argument("--llm-base-url")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--table", metavar="RESULTS_JSON", help="print the table of a results file and exit")
+    p.add_argument("--reference", default="ga-levels", help="the arm every other searching arm is compared with, seed by seed")
+    p.add_argument("--table", metavar="RESULTS_JSON[,...]",
+                   help="print the table of a results file and exit; several files (parts of one matrix run side by "
+                        "side, e.g. one per core) are merged, refused when a setting that changes the numbers differs")
     p.add_argument("--out", default="bench_search_out", help="folder for each search's files and results.json")
     return p.parse_args(argv)
 
@@ -108,7 +111,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.table:
-        data = json.loads(Path(args.table).read_text())
+        data = merge_results([json.loads(Path(f).read_text()) for f in args.table.split(",") if f])
         print(format_table(data["rows"], data["dense_ppl"], data["speed"], argparse.Namespace(**data["args"])))
         return 0
     from selfprune.data.eval_text import load_eval_text
@@ -181,9 +184,11 @@ def main(argv=None) -> int:
               f"forward {dense_s:.3f} s over {fit.tokens(fit.num_stages - 1)} tokens ({cand_s / dense_s:.2f}x)",
               flush=True)
         gens = max(0, math.ceil((args.max_evals - args.population) / max(1, args.crossover + args.mutation)))
-        for name, operator, init, llm in arms:
-            fixed = operator in ("uniform", "owl")
-            for seed in seeds[:1] if fixed else seeds:  # a fixed genome is the same for every seed
+        # Seeds outside, arms inside: a matrix stopped early holds every arm at the seeds it finished.
+        for seed in seeds:
+            for name, operator, init, llm in arms:
+                if operator in ("uniform", "owl") and seed != seeds[0]:  # a fixed genome is the same for every seed
+                    continue
                 if (ratio, name, seed) in done:
                     continue
                 t0 = time.perf_counter()
@@ -232,6 +237,23 @@ def main(argv=None) -> int:
     return 0
 
 
+def merge_results(parts: list[dict]) -> dict:
+    """One results dict from parts of a matrix with the same settings (rows of the same arm and seed: the first)."""
+    first = parts[0]
+    for part in parts[1:]:
+        changed = [k for k in SAME_SETTINGS if part["args"].get(k) != first["args"].get(k)]
+        if changed:
+            sys.exit(f"--table: the results files differ in {', '.join(changed)}; they are not one matrix")
+    rows, seen = [], set()
+    for part in parts:
+        for r in part["rows"]:
+            if (r["ratio"], r["arm"], r["seed"]) not in seen:
+                seen.add((r["ratio"], r["arm"], r["seed"]))
+                rows.append(r)
+    seeds = sorted({r["seed"] for r in rows})
+    return {**first, "rows": rows, "args": {**first["args"], "seeds": ",".join(map(str, seeds))}}
+
+
 def summarize(rows) -> list[dict]:
     """Mean and sd over seeds per (ratio, arm), with held-out ppl relative to uniform."""
     out = []
@@ -254,6 +276,29 @@ def summarize(rows) -> list[dict]:
             "fallbacks": sum(r["fallbacks"] for r in group) if group[0]["llm_calls"] else None,
         })
     return out
+
+
+def paired_comparisons(rows, reference: str) -> list[str]:
+    """Each searching arm against the reference arm on the seeds both ran (same problem, same start per seed):
+    wins, the mean per-seed ratio of held-out perplexities, and Welch's t on the two sets of values."""
+    lines = []
+    for ratio in dict.fromkeys(r["ratio"] for r in rows):
+        ref = {r["seed"]: r["heldout_ppl"] for r in rows if r["ratio"] == ratio and r["arm"] == reference}
+        for arm in dict.fromkeys(r["arm"] for r in rows if r["ratio"] == ratio):
+            if arm == reference:
+                continue
+            own = {r["seed"]: r["heldout_ppl"] for r in rows if r["ratio"] == ratio and r["arm"] == arm}
+            seeds = sorted(set(own) & set(ref))
+            if len(seeds) < 2:
+                continue
+            a, b = [own[s] for s in seeds], [ref[s] for s in seeds]
+            se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+            t = (statistics.mean(b) - statistics.mean(a)) / se if se else float("inf")
+            wins = sum(x < y for x, y in zip(a, b))
+            ratio_mean = statistics.mean(x / y for x, y in zip(a, b))
+            lines.append(f"ratio {ratio}: {arm} vs {reference}: lower held-out ppl in {wins} of {len(seeds)} seeds, "
+                         f"mean per-seed ratio {ratio_mean:.2f}, Welch t {t:+.2f} (positive: {arm} better)")
+    return lines
 
 
 def format_table(rows, dense_ppl, speed, args) -> str:
@@ -280,6 +325,7 @@ def format_table(rows, dense_ppl, speed, args) -> str:
     lines.append("")
     if getattr(args, "zeroshot_limit", 0):
         lines.append(f"zero-shot: mean acc_norm of {args.tasks}, first {args.zeroshot_limit} documents each")
+    lines += paired_comparisons(rows, getattr(args, "reference", "ga-levels"))
     for ratio, s in speed.items():
         lines.append(f"ratio {ratio}: one candidate evaluation {s['candidate_eval_s']:.3f} s vs one dense forward "
                      f"{s['dense_forward_s']:.3f} s over {s['tokens']} tokens = {s['ratio']:.2f}x")
