@@ -16,21 +16,25 @@ from selfprune.report.plots import convergence
 
 @pytest.fixture
 def run_dir(tmp_path, tiny_model):
-    """A run directory with two searches (GA, EvoPress), a tiny pruned model and its speed."""
+    """A run directory with three searches (GA, EvoPress, the LLM operator with the null backend), a tiny
+    pruned model and its speed."""
     from selfprune.eval.speed import count_params, speed
     from selfprune.options import PruneOptions
     from selfprune.pruning.pipeline import prune_model
     from selfprune.evolution.loop import Search
     from selfprune.evolution.genome import GenomeSpace
+    from selfprune.evolution.llm.backends import RandomBackend
+    from selfprune.evolution.llm.operator import LLMSettings
     from selfprune.evolution.strategies import make_operator, strategy_config
     from synthetic import synthetic_problem
 
     problem = synthetic_problem(3)
     space = GenomeSpace.from_problem(problem, 0.3)
     operators = {}
-    for name in ("ga", "evopress"):
+    for name in ("ga", "evopress", "llm"):
         out = tmp_path / "search" / name
-        result = Search(space, problem.fitness, make_operator(name), strategy_config(name, 4, 3, 2, 2, seed=0),
+        operator = make_operator(name, RandomBackend(), LLMSettings()) if name == "llm" else make_operator(name)
+        result = Search(space, problem.fitness, operator, strategy_config(name, 4, 3, 2, 2, seed=0),
                                profiles=problem.profiles, out_dir=out).run()
         best = result.best
         operators[name] = {"best": {"attn": list(best.genome.attn), "mlp": list(best.genome.mlp),
@@ -66,13 +70,18 @@ def run_dir(tmp_path, tiny_model):
     return tmp_path
 
 
-def test_report_of_two_operators_without_perplexity(run_dir):
+def test_report_of_three_operators_without_perplexity(run_dir):
     path = build_report(run_dir)
     report = path.read_text()
     results, histories = load_run(run_dir)
-    assert set(histories) == {"ga", "evopress"}
-    for name in ("ga", "evopress"):
+    assert set(histories) == {"ga", "evopress", "llm"}
+    for name in ("ga", "evopress", "llm"):
         assert f"| {name} |" in report
+    # The LLM's counters as the search counted them: how many of its replies were proposals of its own.
+    stats = results["search"]["operators"]["llm"]["report"]["operator_stats"]
+    assert stats["distinct"] > 0
+    assert (f"{stats['distinct']} distinct proposals, {stats['repeats']} repeats of an earlier reply and "
+            f"{stats['copies']} copies of a prompt example (dropped); {stats['fallbacks']} fallbacks") in report
     assert "perplexity" not in report.split("## Dense vs pruned", 1)[1].split("## Budget", 1)[0]
     assert "> warning: perplexity skipped" in report
     assert f"| parameters | {results['models']['dense']['params']:,} | {results['models']['pruned']['params']:,} |" in report
@@ -87,7 +96,8 @@ def test_convergence_draws_best_and_median_per_operator_and_the_uniform_line(run
     fig, ax = plt.subplots()
     convergence(ax, histories, results["search"]["uniform"]["fitness"], results["problem"])
     labels = [line.get_label() for line in ax.get_lines()]
-    assert labels == ["ga: best", "ga: median", "evopress: best", "evopress: median", "uniform rates"]
+    assert labels == ["ga: best", "ga: median", "evopress: best", "evopress: median", "llm: best", "llm: median",
+                      "uniform rates"]
     ga_best = ax.get_lines()[0].get_ydata()
     assert list(ga_best) == [h["best"] for h in histories["ga"]]
     assert all(b2 <= b1 for b1, b2 in zip(ga_best, ga_best[1:]))  # elitism, as the plot promises

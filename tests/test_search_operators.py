@@ -140,6 +140,20 @@ def test_null_llm_backend_fills_templates_and_counts():
     assert r.report["origins"]["llm-mutate"]["evaluated"] > 0
 
 
+def test_llm_operator_on_a_model_with_fewer_layers_than_shape_points():
+    # The prompt summarises depth in 5 points; 3 layers leave some points without a layer of their own.
+    p, sp = space_of(layers=3, target=0.3)
+    op = LLMOperator(make_backend("random"), settings=LLMSettings(share=1.0))
+    r = Search(sp, p.fitness, op, SearchConfig(population=6, generations=2, crossover=2, mutation=2, seed=0),
+               profiles=p.profiles).run()
+    st = r.report["operator_stats"]
+    assert st["valid"] == st["replies"] > 0 and st["distinct"] > 0
+    assert np.isfinite(r.best.fitness)
+    # The importance profile shown in the prompt stays digits 0-9, one per point.
+    profile = op._importance(ctx_of(sp, p.profiles, "seeded"), "attn_importance", 5).split()
+    assert len(profile) == 5 and all(d.isdigit() and len(d) == 1 for d in profile)
+
+
 def test_null_llm_backend_resume_is_deterministic(tmp_path):
     p, sp = space_of(target=0.4)
     cfg = SearchConfig(population=6, generations=4, crossover=2, mutation=2, seed=5)

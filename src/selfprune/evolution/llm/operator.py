@@ -205,7 +205,7 @@ class LLMOperator(Operator):
             return "(not measured)"
         imp = np.asarray(imp, dtype=float)
         if points:
-            imp = np.array([seg.mean() for seg in np.array_split(imp, points)])
+            imp = _segment_means(imp, points)
         span = imp.max() - imp.min()
         digits = np.zeros(imp.size, dtype=int) if span <= 0 else np.round(9 * (imp - imp.min()) / span).astype(int)
         return " ".join(map(str, digits))
@@ -213,7 +213,7 @@ class LLMOperator(Operator):
     def _points(self, vec: np.ndarray, ctx: Context, segments: int) -> tuple[list[int], list[int]]:
         x = ctx.space.expand(np.asarray(vec, dtype=float))
         L = ctx.space.num_layers
-        seg = lambda v: [int(round(100 * s.mean())) for s in np.array_split(v, segments)]  # noqa: E731
+        seg = lambda v: [int(round(100 * m)) for m in _segment_means(v, segments)]  # noqa: E731
         return seg(x[:L]), seg(x[L:])
 
     def _format(self, attn: list[int], mlp: list[int], joint: bool) -> str:
@@ -348,6 +348,15 @@ class LLMOperator(Operator):
             desc = ", ".join(f"from {m.src} to {m.dst} {m.part} {int(round(100 * m.amount))}" for m in r.moves)
             lines.append(f"{desc}: {ctx.fitness_name} {-100 * r.gain:+.1f}%")
         return "\n".join(lines)
+
+
+def _segment_means(values: np.ndarray, segments: int) -> np.ndarray:
+    """The mean of each of ``segments`` consecutive parts of ``values``; a model with fewer layers than
+    segments gives empty parts, which take the value interpolated at their depth instead of NaN."""
+    values = np.asarray(values, dtype=float)
+    centers = (np.arange(segments) + 0.5) * values.size / segments - 0.5
+    return np.array([part.mean() if part.size else np.interp(c, np.arange(values.size), values)
+                     for part, c in zip(np.array_split(values, segments), centers)])
 
 
 def _canonical(text: str) -> str:
