@@ -90,6 +90,11 @@ SAME_SETTINGS = ("model", "population", "crossover", "mutation", "llm_share", "f
                  "tasks", "zeroshot_limit", "seed", "max_evals")
 
 
+def differing_settings(kept: dict, other: dict) -> list[str]:
+    """The settings recorded in ``kept`` that change the numbers and differ in ``other``."""
+    return [k for k, v in kept.items() if k in SAME_SETTINGS and v != other.get(k)]
+
+
 def parse_arm(spec: str) -> tuple[str, str, str, str | None]:
     """``NAME=OPERATOR:INIT[:LLM]`` -> (name, operator, init, llm); a bare name is a fixed operator."""
     name, _, rest = spec.partition("=")
@@ -146,7 +151,7 @@ def main(argv=None) -> int:
     results_file = out / "results.json"
     if args.resume and results_file.exists():
         old = json.loads(results_file.read_text())
-        changed = [k for k, v in old["args"].items() if k in SAME_SETTINGS and v != vars(args).get(k)]
+        changed = differing_settings(old["args"], vars(args))
         if changed:
             sys.exit(f"--resume: {out} was run with other {', '.join(changed)}; use another --out")
         rows, speed = old["rows"], {float(k): v for k, v in old["speed"].items()}
@@ -241,7 +246,7 @@ def merge_results(parts: list[dict]) -> dict:
     """One results dict from parts of a matrix with the same settings (rows of the same arm and seed: the first)."""
     first = parts[0]
     for part in parts[1:]:
-        changed = [k for k in SAME_SETTINGS if part["args"].get(k) != first["args"].get(k)]
+        changed = differing_settings(part["args"], first["args"])
         if changed:
             sys.exit(f"--table: the results files differ in {', '.join(changed)}; they are not one matrix")
     rows, seen = [], set()
