@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole search ablation at the paper's budget, for a machine with one GPU: every arm, 30% and
-# 50%, 3 seeds, 430 fitness evaluations each, held-out perplexity on 32 x 512 WikiText-2 test
+# 50%, 3 seeds, 430 fitness evaluations each (Self-Pruner's population of 30 and 20 generations of
+# 10 crossover + 10 mutation offspring), held-out perplexity on 32 x 512 WikiText-2 test
 # tokens and the zero-shot average of PIQA and ARC-Easy (200 documents each) per best genome.
 # Staged fitness (2 then 8 blocks of 512 tokens) as the fitness benchmark recommends.
 #
@@ -13,6 +14,7 @@ OUT=${1:-benchmarks/results/search/evals430}
 PY=${PYTHON:-.venv/bin/python}
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no GPU visible to torch')"
 "$PY" benchmarks/bench_search.py --device cuda --ratios 0.3,0.5 --seeds 0,1,2 --max-evals 430 \
+    --population 30 --crossover 10 --mutation 10 \
     --fitness-samples 2,8 --fitness-seqlen 512 --eval-windows 32 --eval-seqlen 512 \
     --tasks piqa,arc_easy --zeroshot-limit 200 --resume --out "$OUT"
 "$PY" benchmarks/bench_search.py --table "$OUT/results.json"
