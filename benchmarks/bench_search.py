@@ -306,6 +306,29 @@ def paired_comparisons(rows, reference: str) -> list[str]:
     return lines
 
 
+def origin_credit(rows) -> list[str]:
+    """Where each arm's improvements came from, summed over its seeds: per kind of offspring (an origin ending in
+    crossover or mutate), how often it made a generation's new best, out of how many it had evaluated, and the share
+    that survived into the population. Only for arms with more than one kind of offspring."""
+    lines = []
+    for key in dict.fromkeys((r["ratio"], r["arm"]) for r in rows):
+        group = [r for r in rows if (r["ratio"], r["arm"]) == key and r.get("origins")]
+        totals: dict[str, dict[str, int]] = {}
+        for r in group:
+            for origin, c in r["origins"].items():
+                if origin.endswith(("crossover", "mutate")):
+                    t = totals.setdefault(origin, {"evaluated": 0, "survived": 0, "best": 0})
+                    for field in t:
+                        t[field] += c[field]
+        if len(totals) < 2:
+            continue
+        parts = [f"{origin} {t['best']} of {t['evaluated']} ({100 * t['best'] / t['evaluated']:.1f}%, "
+                 f"{100 * t['survived'] / t['evaluated']:.0f}% survived)"
+                 for origin, t in sorted(totals.items(), key=lambda kv: -kv[1]["best"]) if t["evaluated"]]
+        lines.append(f"ratio {key[0]}: {key[1]} ({len(group)} seeds), generation bests by offspring kind: " + ", ".join(parts))
+    return lines
+
+
 def format_table(rows, dense_ppl, speed, args) -> str:
     lines = [f"dense held-out ppl {dense_ppl:.2f} (WikiText-2 test, {args.eval_windows}x{args.eval_seqlen} tokens); "
              f"fitness: {args.fitness} on {args.fitness_samples}x{args.fitness_seqlen} calibration-side tokens; "
@@ -331,6 +354,7 @@ def format_table(rows, dense_ppl, speed, args) -> str:
     if getattr(args, "zeroshot_limit", 0):
         lines.append(f"zero-shot: mean acc_norm of {args.tasks}, first {args.zeroshot_limit} documents each")
     lines += paired_comparisons(rows, getattr(args, "reference", "ga-levels"))
+    lines += origin_credit(rows)
     for ratio, s in speed.items():
         lines.append(f"ratio {ratio}: one candidate evaluation {s['candidate_eval_s']:.3f} s vs one dense forward "
                      f"{s['dense_forward_s']:.3f} s over {s['tokens']} tokens = {s['ratio']:.2f}x")

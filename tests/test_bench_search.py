@@ -1,0 +1,76 @@
+"""The search benchmark's summaries: merged tables of a matrix run in parts, and where improvements came from."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "search" / "evals430-f512"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_search", ROOT / "benchmarks" / "bench_search.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parts():
+    return [json.loads((RESULTS / p / "results.json").read_text()) for p in ("a", "b")]
+
+
+def test_merged_parts_hold_every_arm_and_seed_once_with_the_means_of_their_rows(bench):
+    a, b = parts()
+    merged = bench.merge_results([a, b])
+    keys = [(r["ratio"], r["arm"], r["seed"]) for r in merged["rows"]]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == {(r["ratio"], r["arm"], r["seed"]) for r in a["rows"] + b["rows"]}
+    summary = {s["arm"]: s for s in bench.summarize(merged["rows"])}
+    for arm, s in summary.items():
+        values = [r["heldout_ppl"] for r in merged["rows"] if r["arm"] == arm]
+        assert s["seeds"] == len(values)
+        assert s["heldout_mean"] == pytest.approx(statistics.mean(values))
+    uniform = summary["uniform"]["heldout_mean"]
+    assert summary["ga-levels"]["x_uniform"] == pytest.approx(summary["ga-levels"]["heldout_mean"] / uniform)
+    assert merged["args"]["seeds"] == ",".join(map(str, sorted({k[2] for k in keys})))
+
+
+def test_parts_run_with_other_settings_are_not_merged(bench):
+    a, b = parts()
+    b["args"]["max_evals"] = a["args"]["max_evals"] // 2
+    with pytest.raises(SystemExit, match="max_evals"):
+        bench.merge_results([a, b])
+
+
+def test_origin_credit_sums_offspring_kinds_over_seeds_and_skips_the_initial_population(bench):
+    def row(seed, origins):
+        return {"ratio": 0.3, "arm": "llm-self", "seed": seed, "origins": origins}
+
+    rows = [
+        row(0, {"owl": {"evaluated": 1, "survived": 1, "best": 0},
+                "llm-crossover": {"evaluated": 10, "survived": 9, "best": 3},
+                "ga-mutate": {"evaluated": 30, "survived": 10, "best": 1}}),
+        row(1, {"llm-crossover": {"evaluated": 10, "survived": 7, "best": 1},
+                "ga-mutate": {"evaluated": 30, "survived": 20, "best": 0}}),
+        {"ratio": 0.3, "arm": "uniform", "seed": 0, "origins": {"uniform": {"evaluated": 1, "survived": 1, "best": 0}}},
+    ]
+    (line,) = bench.origin_credit(rows)
+    assert line.startswith("ratio 0.3: llm-self (2 seeds)")
+    assert "llm-crossover 4 of 20 (20.0%, 80% survived), ga-mutate 1 of 60 (1.7%, 50% survived)" in line
+    assert "owl" not in line
+
+
+def test_table_of_the_committed_results_prints_the_comparison_and_the_credit():
+    files = ",".join(str(RESULTS / p / "results.json") for p in ("a", "b"))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_search.py"), "--table", files],
+                         capture_output=True, text=True, check=True).stdout
+    assert "llm-self vs ga-levels" in out
+    assert "llm-self (3 seeds), generation bests by offspring kind: llm-crossover" in out
