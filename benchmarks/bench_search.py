@@ -289,7 +289,8 @@ def paired_comparisons(rows, reference: str) -> list[str]:
     lines = []
     for ratio in dict.fromkeys(r["ratio"] for r in rows):
         ref = {r["seed"]: r["heldout_ppl"] for r in rows if r["ratio"] == ratio and r["arm"] == reference}
-        for arm in dict.fromkeys(r["arm"] for r in rows if r["ratio"] == ratio):
+        # Fixed arms (uniform, owl: one evaluation) are the same genome in every seed; only searches are compared.
+        for arm in dict.fromkeys(r["arm"] for r in rows if r["ratio"] == ratio and r["evals"] > 1):
             if arm == reference:
                 continue
             own = {r["seed"]: r["heldout_ppl"] for r in rows if r["ratio"] == ratio and r["arm"] == arm}

@@ -74,3 +74,15 @@ def test_table_of_the_committed_results_prints_the_comparison_and_the_credit():
                          capture_output=True, text=True, check=True).stdout
     assert "llm-self vs ga-levels" in out
     assert "llm-self (3 seeds), generation bests by offspring kind: llm-crossover" in out
+
+
+def test_paired_comparisons_leave_out_the_fixed_arms_run_beside_each_seed(bench):
+    def row(arm, seed, ppl, evals):
+        return {"ratio": 0.5, "arm": arm, "seed": seed, "heldout_ppl": ppl, "evals": evals}
+
+    rows = [row("uniform", 0, 1356.9, 1), row("uniform", 1, 1356.9, 1),
+            row("ga-levels", 0, 900.0, 430), row("ga-levels", 1, 1100.0, 430),
+            row("llm-self", 0, 700.0, 430), row("llm-self", 1, 1200.0, 430)]
+    (line,) = bench.paired_comparisons(rows, "ga-levels")
+    assert line.startswith("ratio 0.5: llm-self vs ga-levels: lower held-out ppl in 1 of 2 seeds")
+    assert f"mean per-seed ratio {(700 / 900 + 1200 / 1100) / 2:.2f}" in line
