@@ -259,12 +259,19 @@ def merge_results(parts: list[dict]) -> dict:
     return {**first, "rows": rows, "args": {**first["args"], "seeds": ",".join(map(str, seeds))}}
 
 
+def by_arm(rows) -> dict[tuple, list[dict]]:
+    """Rows grouped by (ratio, arm), in the order they first appear."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["ratio"], r["arm"]), []).append(r)
+    return groups
+
+
 def summarize(rows) -> list[dict]:
     """Mean and sd over seeds per (ratio, arm), with held-out ppl relative to uniform."""
     out = []
     uniform = {r["ratio"]: r["heldout_ppl"] for r in rows if r["arm"] == "uniform"}
-    for key in dict.fromkeys((r["ratio"], r["arm"]) for r in rows):
-        group = [r for r in rows if (r["ratio"], r["arm"]) == key]
+    for key, group in by_arm(rows).items():
         ppl = [r["heldout_ppl"] for r in group]
         fit = [r["fitness"] for r in group]
         zs = [r["zeroshot_avg"] for r in group if r.get("zeroshot_avg") is not None]
@@ -312,8 +319,8 @@ def origin_credit(rows) -> list[str]:
     crossover or mutate), how often it made a generation's new best, out of how many it had evaluated, and the share
     that survived into the population. Only for arms with more than one kind of offspring."""
     lines = []
-    for key in dict.fromkeys((r["ratio"], r["arm"]) for r in rows):
-        group = [r for r in rows if (r["ratio"], r["arm"]) == key and r.get("origins")]
+    for key, group in by_arm(rows).items():
+        group = [r for r in group if r.get("origins")]
         totals: dict[str, dict[str, int]] = {}
         for r in group:
             for origin, c in r["origins"].items():
