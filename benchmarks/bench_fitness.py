@@ -20,6 +20,12 @@ perplexity (WikiText-2 test, never seen by pruning or fitness):
 - the setting's agreement with itself on other tokens (rho between blocks 0-1 and 2-3 at the same
   size): how much of its ranking is noise of the few tokens.
 
+``--finalists K`` asks what a last selection stage on more tokens would change where it acts: the
+top K genomes of each finished search's final population (its ``checkpoint.json``) join the
+candidates, and for every setting the script reports, per search, the held-out perplexity of the
+finalist that setting ranks first, against the search's own pick (ranked by the search's fitness)
+and the best finalist held-out text would pick.
+
     python benchmarks/bench_fitness.py --ratio 0.3 --out benchmarks/results/fitness/r0.3.json
 """
 
@@ -51,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--winners", nargs="*", default=None,
                    help="bench_search results.json files whose best genomes join the candidates "
                         "(default: benchmarks/results/search/*/results.json)")
+    p.add_argument("--finalists", type=int, default=0,
+                   help="also the top K genomes of each search's final population, re-ranked per search")
     p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--calib-seqlen", type=int, default=256)
     p.add_argument("--eval-windows", type=int, default=16)
@@ -76,38 +84,66 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def candidates(space, problem, args, rng) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def candidates(space, problem, args, rng) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], dict[str, list[int]]]:
+    """The candidate genomes, and the finalists of each search by candidate index (best first)."""
     from selfprune.evolution.operators.seeds import level_switches, prior_shapes, random_vector
 
-    out = []
+    genomes: list[tuple[str, np.ndarray, np.ndarray]] = []
+    index: dict[tuple, int] = {}  # genome key -> candidate index: one candidate per genome
+
+    def add(name: str, vec) -> int:
+        g = space.repair(np.asarray(vec, dtype=float))[0]
+        if g.key not in index:
+            index[g.key] = len(genomes)
+            genomes.append((name, np.asarray(g.attn), np.asarray(g.mlp)))
+        return index[g.key]
+
     priors = prior_shapes(space, problem.profiles)
     for name, vec in priors:
-        out.append((name, vec))
+        add(name, vec)
     for i in range(args.noise):
-        out.append((f"noise-{i}", random_vector(space, rng)))
+        add(f"noise-{i}", random_vector(space, rng))
     for i in range(args.walks):
         name, vec = priors[i % len(priors)]
         steps = int(rng.integers(2, 16))
-        out.append((f"walk-{name}-{steps}", level_switches(np.asarray(vec), space, rng, steps)[0]))
-    genomes = []
-    seen = set()
-    for name, vec in out:
-        g = space.repair(vec)[0]
-        if g.key not in seen:
-            seen.add(g.key)
-            genomes.append((name, np.asarray(g.attn), np.asarray(g.mlp)))
+        add(f"walk-{name}-{steps}", level_switches(np.asarray(vec), space, rng, steps)[0])
     files = args.winners if args.winners is not None else sorted(
         str(p) for p in (Path(__file__).resolve().parent / "results" / "search").glob("*/results.json"))
+    finalists: dict[str, list[int]] = {}
     for f in files:
         data = json.loads(Path(f).read_text())
         for row in data["rows"]:
             if abs(row["ratio"] - args.ratio) > 1e-9 or row["arm"] in ("uniform", "owl"):
                 continue
-            g = space.repair(np.concatenate([row["rates"]["attn"], row["rates"]["mlp"]]))[0]
-            if g.key not in seen:
-                seen.add(g.key)
-                genomes.append((f"winner-{row['arm']}-s{row['seed']}", np.asarray(g.attn), np.asarray(g.mlp)))
-    return genomes
+            tag = f"{row['arm']}-s{row['seed']}"
+            add(f"winner-{tag}", np.concatenate([row["rates"]["attn"], row["rates"]["mlp"]]))
+            if args.finalists:
+                # bench_search writes each search under OUT/r<ratio>/<arm>/s<seed>/
+                ckpt = Path(f).parent / f"r{row['ratio']}" / row["arm"] / f"s{row['seed']}" / "checkpoint.json"
+                if not ckpt.is_file():
+                    raise SystemExit(f"--finalists needs {ckpt} (the search's final population); it is missing")
+                population = json.loads(ckpt.read_text())["population"][: args.finalists]  # sorted best first
+                finalists[f"{Path(f).parent.name}/{tag}"] = [
+                    add(f"final-{tag}-{k}", ind["genome"]["vector"]) for k, ind in enumerate(population)]
+    return genomes, finalists
+
+
+def rerank(finalists: dict[str, list[int]], rows: list[dict], keys: list[str]) -> list[dict]:
+    """Per fitness setting: the held-out ppl of the finalist it ranks first in each search, beside
+    the search's own pick (its first finalist) and the best finalist on held-out text."""
+    out = []
+    for key in keys:
+        picks = {name: min(idx, key=lambda i: rows[i][key]) for name, idx in finalists.items()}
+        own = [rows[idx[0]]["heldout_ppl"] for idx in finalists.values()]
+        chosen = [rows[picks[name]]["heldout_ppl"] for name in finalists]
+        oracle = [min(rows[i]["heldout_ppl"] for i in idx) for idx in finalists.values()]
+        out.append({"setting": key, "searches": len(finalists),
+                    "pick_heldout_mean": float(np.mean(chosen)), "own_pick_heldout_mean": float(np.mean(own)),
+                    "best_finalist_heldout_mean": float(np.mean(oracle)),
+                    "better": sum(c < o - 1e-9 for c, o in zip(chosen, own)),
+                    "worse": sum(c > o + 1e-9 for c, o in zip(chosen, own)),
+                    "picks": {name: rows[i]["name"] for name, i in picks.items()}})
+    return out
 
 
 def main(argv=None) -> int:
@@ -139,7 +175,7 @@ def main(argv=None) -> int:
     dense_logprobs = {src: torch.cat(fit.dense_logprobs(blocks)) for src, blocks in sources.items()}
     eval_kw = dict(seqlen=args.eval_seqlen, max_windows=args.eval_windows)
     dense_heldout = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
-    cands = candidates(space, problem, args, np.random.default_rng(args.seed))
+    cands, finalists = candidates(space, problem, args, np.random.default_rng(args.seed))
     print(f"{len(cands)} candidates at ratio {args.ratio}; dense held-out ppl {dense_heldout:.2f}", flush=True)
 
     rows = []
@@ -190,6 +226,9 @@ def main(argv=None) -> int:
                                         "sha256": problem.info["fitness_sha256"]},
                             "wikitext-1st-half": "WikiText-2 test before the held-out part (with --in-domain)"},
            "summary": summary, "candidates": rows}
+    if finalists:
+        out["finalists"] = {name: [rows[i]["name"] for i in idx] for name, idx in finalists.items()}
+        out["rerank"] = rerank(finalists, rows, [e["setting"] for e in summary])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     print()
@@ -200,6 +239,14 @@ def main(argv=None) -> int:
         agree = f"{e['self_agreement']:.2f}" if "self_agreement" in e else ""
         print(f"| {e['source']} | {e['objective']} {e['blocks']}x{e['seqlen']} | {e['tokens']} | {e['spearman_heldout']:.2f} | {agree} | "
               f"{e['top1_heldout_ppl']:.1f} | {e['top5_mean_heldout_ppl']:.1f} |")
+    if finalists:
+        n = len(finalists)
+        print(f"\nre-ranking the top {args.finalists} finalists of each of {n} searches (held-out ppl, mean over searches):")
+        print("| fitness text | fitness | its pick | the search's pick | best finalist | better / worse than the search's pick |")
+        print("|---|---|---:|---:|---:|---:|")
+        for e, r in zip(summary, out["rerank"]):
+            print(f"| {e['source']} | {e['objective']} {e['blocks']}x{e['seqlen']} | {r['pick_heldout_mean']:.1f} | "
+                  f"{r['own_pick_heldout_mean']:.1f} | {r['best_finalist_heldout_mean']:.1f} | {r['better']} / {r['worse']} of {n} |")
     return 0
 
 
