@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -21,6 +22,18 @@ def wikitext_test_path() -> Path:
     if not path.exists():
         pytest.skip(f"WikiText-2 test file not found at {path} (set SELFPRUNE_WIKITEXT_TEST)")
     return path
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """A script under benchmarks/ imported as a module (they are scripts, not a package)."""
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 @pytest.fixture(scope="session")
