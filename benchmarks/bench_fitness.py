@@ -131,12 +131,12 @@ def candidates(space, problem, args, rng) -> tuple[list[tuple[str, np.ndarray, n
 def rerank(finalists: dict[str, list[int]], rows: list[dict], keys: list[str]) -> list[dict]:
     """Per fitness setting: the held-out ppl of the finalist it ranks first in each search, beside
     the search's own pick (its first finalist) and the best finalist on held-out text."""
+    own = [rows[idx[0]]["heldout_ppl"] for idx in finalists.values()]
+    oracle = [min(rows[i]["heldout_ppl"] for i in idx) for idx in finalists.values()]
     out = []
     for key in keys:
         picks = {name: min(idx, key=lambda i: rows[i][key]) for name, idx in finalists.items()}
-        own = [rows[idx[0]]["heldout_ppl"] for idx in finalists.values()]
         chosen = [rows[picks[name]]["heldout_ppl"] for name in finalists]
-        oracle = [min(rows[i]["heldout_ppl"] for i in idx) for idx in finalists.values()]
         out.append({"setting": key, "searches": len(finalists),
                     "pick_heldout_mean": float(np.mean(chosen)), "own_pick_heldout_mean": float(np.mean(own)),
                     "best_finalist_heldout_mean": float(np.mean(oracle)),

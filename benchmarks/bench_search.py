@@ -293,14 +293,16 @@ def summarize(rows) -> list[dict]:
 def paired_comparisons(rows, reference: str) -> list[str]:
     """Each searching arm against the reference arm on the seeds both ran (same problem, same start per seed):
     wins, the mean per-seed ratio of held-out perplexities, and Welch's t on the two sets of values."""
+    groups = by_arm(rows)
+    per_seed = {key: {r["seed"]: r["heldout_ppl"] for r in group} for key, group in groups.items()}
     lines = []
     for ratio in dict.fromkeys(r["ratio"] for r in rows):
-        ref = {r["seed"]: r["heldout_ppl"] for r in rows if r["ratio"] == ratio and r["arm"] == reference}
-        # Fixed arms (uniform, owl: one evaluation) are the same genome in every seed; only searches are compared.
-        for arm in dict.fromkeys(r["arm"] for r in rows if r["ratio"] == ratio and r["evals"] > 1):
-            if arm == reference:
+        ref = per_seed.get((ratio, reference), {})
+        for (arm_ratio, arm), group in groups.items():
+            # Fixed arms (uniform, owl: one evaluation) are the same genome in every seed; only searches are compared.
+            if arm_ratio != ratio or arm == reference or not any(r["evals"] > 1 for r in group):
                 continue
-            own = {r["seed"]: r["heldout_ppl"] for r in rows if r["ratio"] == ratio and r["arm"] == arm}
+            own = per_seed[(ratio, arm)]
             seeds = sorted(set(own) & set(ref))
             if len(seeds) < 2:
                 continue
