@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import default_wikitext  # noqa: E402
+from common import default_wikitext, search_dir  # noqa: E402
 
 SETTINGS = [(obj, n, s) for obj in ("ppl", "kl") for n, s in ((2, 256), (2, 512), (4, 512), (8, 256), (8, 512))]
 
@@ -118,8 +118,7 @@ def candidates(space, problem, args, rng) -> tuple[list[tuple[str, np.ndarray, n
             tag = f"{row['arm']}-s{row['seed']}"
             add(f"winner-{tag}", np.concatenate([row["rates"]["attn"], row["rates"]["mlp"]]))
             if args.finalists:
-                # bench_search writes each search under OUT/r<ratio>/<arm>/s<seed>/
-                ckpt = Path(f).parent / f"r{row['ratio']}" / row["arm"] / f"s{row['seed']}" / "checkpoint.json"
+                ckpt = search_dir(Path(f).parent, row["ratio"], row["arm"], row["seed"]) / "checkpoint.json"
                 if not ckpt.is_file():
                     raise SystemExit(f"--finalists needs {ckpt} (the search's final population); it is missing")
                 population = json.loads(ckpt.read_text())["population"][: args.finalists]  # sorted best first

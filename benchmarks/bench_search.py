@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import default_wikitext  # noqa: E402
+from common import default_wikitext, search_dir  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
                 spec = f"openai:{args.openai_model}" if llm == "openai" else llm
                 options = SearchOptions(**search_options, operator=[operator], generations=gens, init=init, llm=spec)
                 found = search(model, tokenizer, ratio, prune_options, options, seed=seed, progress=False,
-                               out_dir=out / f"r{ratio}" / name / f"s{seed}", backend=backend, problem=problem)
+                               out_dir=search_dir(out, ratio, name, seed), backend=backend, problem=problem)
                 res = found.results[operator]
                 wall = time.perf_counter() - t0
                 with pruned_view(adapter, fit.plan(*res.best.genome.arrays()), problem.scores, fit.bias_compensation):

@@ -1,4 +1,4 @@
-"""What the benchmarks share: where the WikiText-2 test file is found."""
+"""What the benchmarks share: where the WikiText-2 test file is found, and where a search's files lie."""
 
 from __future__ import annotations
 
@@ -14,3 +14,8 @@ def default_wikitext() -> str:
         return env
     local = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
     return str(local) if local.exists() else "wikitext2"
+
+
+def search_dir(out: str | Path, ratio: float, arm: str, seed: int) -> Path:
+    """Where bench_search.py writes one search's files (checkpoint, transcript, report) under its OUT."""
+    return Path(out) / f"r{ratio}" / arm / f"s{seed}"
