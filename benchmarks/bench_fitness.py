@@ -26,7 +26,13 @@ candidates, and for every setting the script reports, per search, the held-out p
 finalist that setting ranks first, against the search's own pick (ranked by the search's fitness)
 and the best finalist held-out text would pick.
 
+``--prior-from RESULTS_JSON...`` runs no model: it re-scores the candidates of earlier runs with a
+smoothness prior over depth, fitness + lambda x roughness (the rates' total variation between
+adjacent layers), and reports the same agreement, picks and re-ranking for each lambda.
+
     python benchmarks/bench_fitness.py --ratio 0.3 --out benchmarks/results/fitness/r0.3.json
+    python benchmarks/bench_fitness.py --prior-from benchmarks/results/fitness/*.json \
+        --out benchmarks/results/fitness/smoothness.json
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import default_wikitext, search_dir  # noqa: E402
 
 SETTINGS = [(obj, n, s) for obj in ("ppl", "kl") for n, s in ((2, 256), (2, 512), (4, 512), (8, 256), (8, 512))]
+PRIOR_SETTINGS = ("lambada:ppl_2x512", "lambada:ppl_8x512")  # the search's default fitness and its staged last stage
+PRIOR_LAMBDAS = (0.0, 0.3, 1.0, 3.0, 10.0)
 
 
 def parse_args(argv=None):
@@ -68,6 +76,10 @@ def parse_args(argv=None):
                    help="also score fitness on the first half of WikiText-2 test (a diagnostic of the domain gap)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prior-from", nargs="+", metavar="RESULTS_JSON",
+                   help="no model: re-score the candidates of these bench_fitness results with a smoothness prior")
+    p.add_argument("--lambdas", default=",".join(str(x) for x in PRIOR_LAMBDAS),
+                   help="weights of the smoothness prior (per-token log ppl per unit of mean rate change)")
     p.add_argument("--out", default="bench_fitness.json")
     return p.parse_args(argv)
 
@@ -82,6 +94,74 @@ def ranks(x: np.ndarray) -> np.ndarray:
 def spearman(a, b) -> float:
     ra, rb = ranks(np.asarray(a, dtype=float)), ranks(np.asarray(b, dtype=float))
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def roughness(attn, mlp) -> float:
+    """Total variation over depth: the mean |rate(l+1) - rate(l)| of adjacent layers, attention and
+    MLP averaged; 0 for a constant shape, about 0.1 for one that moves a level every other layer."""
+    return float((np.abs(np.diff(attn)).mean() + np.abs(np.diff(mlp)).mean()) / 2)
+
+
+def setting_summary(rows: list[dict], key: str) -> dict:
+    """How a setting's ranking agrees with held-out text: rho, its best candidate, its top five."""
+    held = np.log([r["heldout_ppl"] for r in rows])
+    vals = np.array([r[key] for r in rows])
+    order = np.argsort(vals, kind="stable")
+    return {"spearman_heldout": spearman(vals, held),
+            "top1_heldout_ppl": float(np.exp(held[order[0]])), "top1": rows[order[0]]["name"],
+            "top5_mean_heldout_ppl": float(np.exp(held[order[:5]]).mean())}
+
+
+def smoothness_prior(results: dict, keys, lambdas) -> list[dict]:
+    """Every (setting, lambda): setting + lambda x roughness, summarised as a setting is, and
+    re-ranking each search's finalists when the results hold them."""
+    rows = [dict(r) for r in results["candidates"]]
+    index = {r["name"]: i for i, r in enumerate(rows)}
+    finalists = {name: [index[n] for n in names] for name, names in results.get("finalists", {}).items()}
+    out = []
+    for key in keys:
+        for lam in lambdas:
+            prior_key = f"{key}+{lam:g}tv"
+            for r in rows:
+                r[prior_key] = r[key] + lam * roughness(r["attn"], r["mlp"])
+            entry = {"setting": key, "lambda": lam, "candidates": len(rows), **setting_summary(rows, prior_key)}
+            if finalists:
+                entry["rerank"] = rerank(finalists, rows, [prior_key])[0]
+            out.append(entry)
+    return out
+
+
+def print_prior_table(name: str, entries: list[dict]) -> None:
+    print(f"\n{name}: {entries[0]['candidates']} candidates")
+    reranks = "rerank" in entries[0]
+    print("| fitness | lambda | Spearman rho vs held-out | held-out of its best | mean of its top 5 |"
+          + (" finalist pick (mean) | better / worse than the search's |" if reranks else ""))
+    print("|---|---:|---:|---:|---:|" + ("---:|---:|" if reranks else ""))
+    for e in entries:
+        line = (f"| {e['setting']} | {e['lambda']:g} | {e['spearman_heldout']:.2f} | {e['top1_heldout_ppl']:.1f} | "
+                f"{e['top5_mean_heldout_ppl']:.1f} |")
+        if reranks:
+            r = e["rerank"]
+            line += f" {r['pick_heldout_mean']:.1f} | {r['better']} / {r['worse']} of {r['searches']} |"
+        print(line)
+
+
+def prior_main(args) -> int:
+    from selfprune.versions import versions
+
+    lambdas = [float(x) for x in args.lambdas.split(",")]
+    out = {"args": vars(args), "versions": versions(), "roughness": roughness.__doc__.split(":")[0].strip(),
+           "files": {}}
+    for f in args.prior_from:
+        results = json.loads(Path(f).read_text())
+        if "candidates" not in results:
+            raise SystemExit(f"{f} is not a bench_fitness results file (it has no candidates)")
+        entries = smoothness_prior(results, PRIOR_SETTINGS, lambdas)
+        out["files"][f] = {"ratio": results["args"]["ratio"], "entries": entries}
+        print_prior_table(f"{f} (ratio {results['args']['ratio']})", entries)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    return 0
 
 
 def candidates(space, problem, args, rng) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], dict[str, list[int]]]:
@@ -147,6 +227,8 @@ def rerank(finalists: dict[str, list[int]], rows: list[dict], keys: list[str]) -
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.prior_from:
+        return prior_main(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     from selfprune.data.calibration import token_blocks
@@ -203,19 +285,14 @@ def main(argv=None) -> int:
             f"{src} ppl 2x256 {math.exp(row[f'{src}:ppl_2x256']):7.2f} 8x512 {math.exp(row[f'{src}:ppl_8x512']):7.2f}"
             for src in sources), flush=True)
 
-    held = np.log([r["heldout_ppl"] for r in rows])
-    best_possible = float(np.exp(held.min()))
+    best_possible = min(r["heldout_ppl"] for r in rows)
     summary = []
     for src, (obj, n, s) in ((src, st) for src in sources for st in SETTINGS):
         key = f"{src}:{obj}_{n}x{s}"
-        vals = np.array([r[key] for r in rows])
-        order = np.argsort(vals)
         entry = {"setting": key, "source": src, "objective": obj, "blocks": n, "seqlen": s, "tokens": n * s,
-                 "spearman_heldout": spearman(vals, held),
-                 "top1_heldout_ppl": float(np.exp(held[order[0]])), "top1": rows[order[0]]["name"],
-                 "top5_mean_heldout_ppl": float(np.exp(held[order[:5]]).mean())}
+                 **setting_summary(rows, key)}
         if n == 2:
-            entry["self_agreement"] = spearman(vals, [r[f"{key}_alt"] for r in rows])
+            entry["self_agreement"] = spearman([r[key] for r in rows], [r[f"{key}_alt"] for r in rows])
         summary.append(entry)
     out = {"args": vars(args), "versions": versions(), "dense_heldout_ppl": dense_heldout,
            "best_candidate_heldout_ppl": best_possible, "uniform_heldout_ppl": rows[0]["heldout_ppl"],

@@ -25,3 +25,23 @@ def test_rerank_picks_each_searchs_finalist_with_the_lowest_setting_value_and_co
     assert (long["better"], long["worse"]) == (1, 1)
     assert long["pick_heldout_mean"] == pytest.approx(700.0)
     assert long["best_finalist_heldout_mean"] == pytest.approx(550.0)
+
+
+def test_roughness_is_the_mean_level_change_between_adjacent_layers(bench):
+    assert bench.roughness([0.3] * 6, [0.25] * 6) == 0.0
+    # attention alternates 0.2/0.4 (every step 0.2), the MLP ramps 0.1 per layer: (0.2 + 0.1) / 2
+    assert bench.roughness([0.2, 0.4, 0.2, 0.4], [0.1, 0.2, 0.3, 0.4]) == pytest.approx(0.15)
+
+
+def test_smoothness_prior_keeps_the_ranking_at_zero_and_prefers_the_smooth_shape_when_strong(bench):
+    flat, bumpy = [0.3, 0.3, 0.3, 0.3], [0.1, 0.5, 0.1, 0.5]
+    # "rough" fits best but is worst held out; "smooth" fits a little worse and is best held out
+    candidates = [{"name": n, "attn": a, "mlp": a, "heldout_ppl": h, "fit": f} for n, a, h, f in [
+        ("rough", bumpy, 900.0, 5.00), ("smooth", flat, 600.0, 5.05), ("mid", [0.2, 0.3, 0.4, 0.3], 700.0, 5.10)]]
+    results = {"candidates": candidates, "finalists": {"S": ["rough", "smooth", "mid"]}}
+    none, strong = bench.smoothness_prior(results, ["fit"], [0.0, 1.0])
+    assert none["top1"] == "rough" and none["rerank"]["picks"] == {"S": "rough"}
+    assert none["spearman_heldout"] == pytest.approx(-0.5)
+    assert strong["top1"] == "smooth" and strong["rerank"]["picks"] == {"S": "smooth"}
+    assert strong["rerank"]["better"] == 1 and strong["spearman_heldout"] == pytest.approx(1.0)
+    assert "fit+1tv" not in candidates[0]  # the caller's rows are left as they were
