@@ -31,8 +31,8 @@ smoothness prior over depth, fitness + lambda x roughness (the rates' total vari
 adjacent layers), and reports the same agreement, picks and re-ranking for each lambda.
 
     python benchmarks/bench_fitness.py --ratio 0.3 --out benchmarks/results/fitness/r0.3.json
-    python benchmarks/bench_fitness.py --prior-from benchmarks/results/fitness/*.json \
-        --out benchmarks/results/fitness/smoothness.json
+    python benchmarks/bench_fitness.py --prior-from benchmarks/results/fitness/r0.3.json \
+        benchmarks/results/fitness/r0.5.json --out benchmarks/results/fitness/smoothness.json
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def spearman(a, b) -> float:
 
 def roughness(attn, mlp) -> float:
     """Total variation over depth: the mean |rate(l+1) - rate(l)| of adjacent layers, attention and
-    MLP averaged; 0 for a constant shape, about 0.1 for one that moves a level every other layer."""
+    MLP averaged (0 for a constant shape)."""
     return float((np.abs(np.diff(attn)).mean() + np.abs(np.diff(mlp)).mean()) / 2)
 
 
@@ -150,8 +150,8 @@ def prior_main(args) -> int:
     from selfprune.versions import versions
 
     lambdas = [float(x) for x in args.lambdas.split(",")]
-    out = {"args": vars(args), "versions": versions(), "roughness": roughness.__doc__.split(":")[0].strip(),
-           "files": {}}
+    out = {"args": vars(args), "versions": versions(), "files": {},
+           "prior": "fitness + lambda x mean |rate(l+1) - rate(l)| over adjacent layers, attention and MLP averaged"}
     for f in args.prior_from:
         results = json.loads(Path(f).read_text())
         if "candidates" not in results:
