@@ -118,12 +118,13 @@ def smoothness_prior(results: dict, keys, lambdas) -> list[dict]:
     rows = [dict(r) for r in results["candidates"]]
     index = {r["name"]: i for i, r in enumerate(rows)}
     finalists = {name: [index[n] for n in names] for name, names in results.get("finalists", {}).items()}
+    rough = [roughness(r["attn"], r["mlp"]) for r in rows]
     out = []
     for key in keys:
         for lam in lambdas:
             prior_key = f"{key}+{lam:g}tv"
-            for r in rows:
-                r[prior_key] = r[key] + lam * roughness(r["attn"], r["mlp"])
+            for r, tv in zip(rows, rough):
+                r[prior_key] = r[key] + lam * tv
             entry = {"setting": key, "lambda": lam, "candidates": len(rows), **setting_summary(rows, prior_key)}
             if finalists:
                 entry["rerank"] = rerank(finalists, rows, [prior_key])[0]
