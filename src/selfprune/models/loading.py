@@ -144,7 +144,7 @@ def load_model(model: str, dtype: str | torch.dtype = torch.float32, device: str
         try:
             import accelerate  # noqa: F401
         except ImportError:
-            raise SelfpruneError("--device-map needs accelerate: pip install 'selfprune[scale]'") from None
+            raise SelfpruneError("--device-map needs accelerate: pip install accelerate") from None
     hf_logging.disable_progress_bar()  # selfprune shows its own progress per stage
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
