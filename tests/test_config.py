@@ -18,6 +18,8 @@ def test_defaults_are_the_quick_preset_and_paper_sets_the_papers_budget():
     s = paper.search
     assert (s.population, s.generations, s.crossover, s.mutation) == (30, 20, 10, 10)
     assert s.operator == ["llm"] and s.llm == "self"  # the model prunes itself
+    # The fitness the study chose (docs/search.md), not a cheaper one that ranks worse.
+    assert (s.fitness_samples, s.fitness_seqlen, s.stage_keep) == (quick.search.fitness_samples, 512, None)
     assert paper.eval.limit is None and len(paper.eval.tasks) == 7
     # A field given explicitly wins over the preset.
     assert resolve({"model": "m", "ratio": 0.3, "preset": "paper", "search": {"population": 5}}).search.population == 5
