@@ -88,6 +88,9 @@ DEFAULT_ARMS = ("uniform", "owl", "random=random:noise", "ga-noise=ga:noise", "g
 SAME_SETTINGS = ("model", "population", "crossover", "mutation", "llm_share", "fitness", "fitness_samples",
                  "fitness_seqlen", "calib_samples", "calib_seqlen", "eval_windows", "eval_seqlen", "wikitext",
                  "tasks", "zeroshot_limit", "seed", "max_evals")
+# Of those, the ones that change only the LLM-operator arms: tables may merge files that differ in them, one
+# value per LLM arm (an arm run with another share is another arm, under its own name).
+ARM_SETTINGS = ("llm_share",)
 
 
 def differing_settings(kept: dict, other: dict) -> list[str]:
@@ -243,20 +246,31 @@ def main(argv=None) -> int:
 
 
 def merge_results(parts: list[dict]) -> dict:
-    """One results dict from parts of a matrix with the same settings (rows of the same arm and seed: the first)."""
+    """One results dict from parts of a matrix with the same settings (rows of the same arm and seed: the first).
+    Parts may differ in an LLM-arm setting (``ARM_SETTINGS``) as long as each LLM arm has one value of it."""
     first = parts[0]
     for part in parts[1:]:
-        changed = differing_settings(part["args"], first["args"])
+        changed = [k for k in differing_settings(part["args"], first["args"]) if k not in ARM_SETTINGS]
         if changed:
             sys.exit(f"--table: the results files differ in {', '.join(changed)}; they are not one matrix")
-    rows, seen = [], set()
+    rows, seen, arm_values = [], set(), {}
     for part in parts:
         for r in part["rows"]:
+            if r.get("operator") == "llm":
+                value = tuple(part["args"].get(k) for k in ARM_SETTINGS)
+                if arm_values.setdefault((r["ratio"], r["arm"]), value) != value:
+                    sys.exit(f"--table: arm {r['arm']} ran with {', '.join(ARM_SETTINGS)} "
+                             f"{arm_values[(r['ratio'], r['arm'])]} in one file and {value} in another; "
+                             "run one of them under another arm name")
             if (r["ratio"], r["arm"], r["seed"]) not in seen:
                 seen.add((r["ratio"], r["arm"], r["seed"]))
-                rows.append(r)
+                rows.append({**r, **({k: part["args"].get(k) for k in ARM_SETTINGS} if r.get("operator") == "llm" else {})})
     seeds = sorted({r["seed"] for r in rows})
-    return {**first, "rows": rows, "args": {**first["args"], "seeds": ",".join(map(str, seeds))}}
+    args = {**first["args"], "seeds": ",".join(map(str, seeds))}
+    for k in ARM_SETTINGS:
+        if len({p["args"].get(k) for p in parts}) > 1:
+            args[k] = "per arm"
+    return {**first, "rows": rows, "args": args}
 
 
 def by_arm(rows) -> dict[tuple, list[dict]]:
@@ -342,7 +356,8 @@ def origin_credit(rows) -> list[str]:
 def format_table(rows, dense_ppl, speed, args) -> str:
     lines = [f"dense held-out ppl {dense_ppl:.2f} (WikiText-2 test, {args.eval_windows}x{args.eval_seqlen} tokens); "
              f"fitness: {args.fitness} on {args.fitness_samples}x{args.fitness_seqlen} calibration-side tokens; "
-             f"budget {args.max_evals} evaluations per search; seeds {args.seeds}"]
+             f"budget {args.max_evals} evaluations per search; seeds {args.seeds}; "
+             f"LLM operator's share of offspring {getattr(args, 'llm_share', '-')}"]
     head = ("ratio", "arm", "seeds", "held-out ppl (mean +- sd)", "x uniform", "zero-shot avg % (mean +- sd)",
             "fitness (mean)", "evals", "wall s",
             "LLM distinct", "LLM dropped", "fallbacks")

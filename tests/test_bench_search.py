@@ -46,6 +46,27 @@ def test_parts_run_with_other_settings_are_not_merged(bench):
         bench.merge_results([a, b])
 
 
+def test_parts_that_differ_in_the_llm_share_merge_as_separate_arms_and_compare_seed_by_seed(bench):
+    a, b = parts()
+    other = json.loads(json.dumps(b))
+    other["args"]["llm_share"] = 1.0
+    other["rows"] = [r for r in other["rows"] if r["arm"] == "llm-null"]
+    for r in other["rows"]:
+        r["arm"], r["heldout_ppl"] = "llm-null-share1", r["heldout_ppl"] / 2
+    merged = bench.merge_results([a, b, other])
+    assert merged["args"]["llm_share"] == "per arm"
+    shares = {(r["arm"], r.get("llm_share")) for r in merged["rows"] if r["operator"] == "llm"}
+    assert ("llm-null", 0.3) in shares and ("llm-null-share1", 1.0) in shares
+    (line,) = [x for x in bench.paired_comparisons(merged["rows"], "llm-null") if "llm-null-share1" in x]
+    assert "lower held-out ppl in 3 of 3 seeds, mean per-seed ratio 0.50" in line
+    # The same arm name with two shares is two different searches: refused.
+    for r in other["rows"]:
+        if r["arm"] == "llm-null-share1":
+            r["arm"] = "llm-null"
+    with pytest.raises(SystemExit, match="arm llm-null ran with llm_share"):
+        bench.merge_results([a, b, other])
+
+
 def test_origin_credit_sums_offspring_kinds_over_seeds_and_skips_the_initial_population(bench):
     def row(seed, origins):
         return {"ratio": 0.3, "arm": "llm-self", "seed": seed, "origins": origins}
