@@ -120,7 +120,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.table:
         data = merge_results([json.loads(Path(f).read_text()) for f in args.table.split(",") if f])
-        print(format_table(data["rows"], data["dense_ppl"], data["speed"], argparse.Namespace(**data["args"])))
+        # The files' own settings, but the comparison this command asks for.
+        print(format_table(data["rows"], data["dense_ppl"], data["speed"],
+                           argparse.Namespace(**{**data["args"], "reference": args.reference})))
         return 0
     from selfprune.data.eval_text import load_eval_text
     from selfprune.eval.perplexity import perplexity
