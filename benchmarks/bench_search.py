@@ -257,16 +257,17 @@ def merge_results(parts: list[dict]) -> dict:
             sys.exit(f"--table: the results files differ in {', '.join(changed)}; they are not one matrix")
     rows, seen, arm_values = [], set(), {}
     for part in parts:
+        arm_setting = {k: part["args"].get(k) for k in ARM_SETTINGS}  # what this file's LLM arms ran with
+        value = tuple(arm_setting.values())
         for r in part["rows"]:
-            if r.get("operator") == "llm":
-                value = tuple(part["args"].get(k) for k in ARM_SETTINGS)
-                if arm_values.setdefault((r["ratio"], r["arm"]), value) != value:
-                    sys.exit(f"--table: arm {r['arm']} ran with {', '.join(ARM_SETTINGS)} "
-                             f"{arm_values[(r['ratio'], r['arm'])]} in one file and {value} in another; "
-                             "run one of them under another arm name")
+            llm = r.get("operator") == "llm"
+            if llm and arm_values.setdefault((r["ratio"], r["arm"]), value) != value:
+                sys.exit(f"--table: arm {r['arm']} ran with {', '.join(ARM_SETTINGS)} "
+                         f"{arm_values[(r['ratio'], r['arm'])]} in one file and {value} in another; "
+                         "run one of them under another arm name")
             if (r["ratio"], r["arm"], r["seed"]) not in seen:
                 seen.add((r["ratio"], r["arm"], r["seed"]))
-                rows.append({**r, **({k: part["args"].get(k) for k in ARM_SETTINGS} if r.get("operator") == "llm" else {})})
+                rows.append({**r, **arm_setting} if llm else r)
     seeds = sorted({r["seed"] for r in rows})
     args = {**first["args"], "seeds": ",".join(map(str, seeds))}
     for k in ARM_SETTINGS:
