@@ -74,6 +74,13 @@ def parse_args(argv=None):
     p.add_argument("--wikitext", default=None, help="WikiText-2 raw test file (default as bench_search.py)")
     p.add_argument("--in-domain", action="store_true",
                    help="also score fitness on the first half of WikiText-2 test (a diagnostic of the domain gap)")
+    p.add_argument("--fitness-texts", default="",
+                   help="comma list of other calibration sources (e.g. wiki-passages) to score fitness on too: 8 x 512 "
+                        "tokens of each one's second half, drawn as the search draws its fitness blocks")
+    p.add_argument("--heldout-extra", default=None, metavar="TEXT",
+                   help="a second held-out text of another domain (coqa, or a FILE), to see whether a fitness text "
+                        "that agrees with WikiText-2 only matches its domain")
+    p.add_argument("--heldout-extra-windows", type=int, default=8)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prior-from", nargs="+", metavar="RESULTS_JSON",
@@ -102,14 +109,19 @@ def roughness(attn, mlp) -> float:
     return float((np.abs(np.diff(attn)).mean() + np.abs(np.diff(mlp)).mean()) / 2)
 
 
-def setting_summary(rows: list[dict], key: str) -> dict:
-    """How a setting's ranking agrees with held-out text: rho, its best candidate, its top five."""
-    held = np.log([r["heldout_ppl"] for r in rows])
+def setting_summary(rows: list[dict], key: str, heldout: str = "heldout_ppl") -> dict:
+    """How a setting's ranking agrees with held-out text: rho, its best candidate, its top five; and the rho
+    with a second held-out text of another domain where the rows have one."""
+    held = np.log([r[heldout] for r in rows])
     vals = np.array([r[key] for r in rows])
     order = np.argsort(vals, kind="stable")
-    return {"spearman_heldout": spearman(vals, held),
-            "top1_heldout_ppl": float(np.exp(held[order[0]])), "top1": rows[order[0]]["name"],
-            "top5_mean_heldout_ppl": float(np.exp(held[order[:5]]).mean())}
+    out = {"spearman_heldout": spearman(vals, held),
+           "top1_heldout_ppl": float(np.exp(held[order[0]])), "top1": rows[order[0]]["name"],
+           "top5_mean_heldout_ppl": float(np.exp(held[order[:5]]).mean())}
+    if heldout == "heldout_ppl" and "heldout_extra_ppl" in rows[0]:
+        extra = setting_summary(rows, key, "heldout_extra_ppl")
+        out.update({f"extra_{k}": v for k, v in extra.items() if k != "top1"})
+    return out
 
 
 def smoothness_prior(results: dict, keys, lambdas) -> list[dict]:
@@ -232,7 +244,7 @@ def main(argv=None) -> int:
         return prior_main(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from selfprune.data.calibration import token_blocks
+    from selfprune.data.calibration import calibration_text, token_blocks
     from selfprune.data.eval_text import load_eval_text
     from selfprune.eval.perplexity import perplexity
     from selfprune.evolution.genome import GenomeSpace
@@ -252,11 +264,15 @@ def main(argv=None) -> int:
     cut = wiki.text.index("\n", len(wiki.text) // 2) + 1
     eval_text = dataclasses.replace(wiki, text=wiki.text[cut:], join=wiki.join + "; second half")  # held out
     sources = {"lambada": fit.stage_blocks[0]}  # the search's own fitness blocks (calibration source, 2nd half)
+    for name in filter(None, args.fitness_texts.split(",")):  # usable fitness texts, drawn as the search would
+        sources[name] = token_blocks(tokenizer, calibration_text(name), 8, 512, seed=args.seed + 1, split="second")
     if args.in_domain:  # a diagnostic, not a usable default: fitness text from the evaluation's domain
         sources["wikitext-1st-half"] = token_blocks(tokenizer, wiki.text[:cut], 8, 512, seed=args.seed + 1)
     dense_logprobs = {src: torch.cat(fit.dense_logprobs(blocks)) for src, blocks in sources.items()}
     eval_kw = dict(seqlen=args.eval_seqlen, max_windows=args.eval_windows)
     dense_heldout = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
+    extra_text = load_eval_text(args.heldout_extra) if args.heldout_extra else None
+    extra_kw = dict(seqlen=args.eval_seqlen, max_windows=args.heldout_extra_windows)
     cands, finalists = candidates(space, problem, args, np.random.default_rng(args.seed))
     print(f"{len(cands)} candidates at ratio {args.ratio}; dense held-out ppl {dense_heldout:.2f}", flush=True)
 
@@ -281,6 +297,8 @@ def main(argv=None) -> int:
                     if n == 2:  # the same size on other tokens, for the setting's agreement with itself
                         row[f"{src}:{obj}_{n}x{s}_alt"] = float(vals[2:4, :s - 1].mean())
             row["heldout_ppl"] = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
+            if extra_text is not None:
+                row["heldout_extra_ppl"] = perplexity(model, tokenizer, extra_text, **extra_kw).ppl
         rows.append(row)
         print(f"  {name:<28} held-out {row['heldout_ppl']:8.2f}  " + "  ".join(
             f"{src} ppl 2x256 {math.exp(row[f'{src}:ppl_2x256']):7.2f} 8x512 {math.exp(row[f'{src}:ppl_8x512']):7.2f}"
@@ -299,9 +317,12 @@ def main(argv=None) -> int:
            "best_candidate_heldout_ppl": best_possible, "uniform_heldout_ppl": rows[0]["heldout_ppl"],
            "heldout": {"source": args.wikitext or default_wikitext(), "part": "second half (from the first line "
                        "break after the middle)", **eval_kw},
+           "heldout_extra": {**extra_text.describe(), **extra_kw} if extra_text is not None else None,
            "fitness_data": {"lambada": {"source": prune.calib, "split": "second half", "blocks": 8, "seqlen": 512,
                                         "sha256": problem.info["fitness_sha256"]},
-                            "wikitext-1st-half": "WikiText-2 test before the held-out part (with --in-domain)"},
+                            "wikitext-1st-half": "WikiText-2 test before the held-out part (with --in-domain)",
+                            **{name: {"source": name, "split": "second half", "blocks": 8, "seqlen": 512}
+                               for name in sources if name not in ("lambada", "wikitext-1st-half")}},
            "summary": summary, "candidates": rows}
     if finalists:
         out["finalists"] = {name: [rows[i]["name"] for i in idx] for name, idx in finalists.items()}
@@ -310,12 +331,15 @@ def main(argv=None) -> int:
     Path(args.out).write_text(json.dumps(out, indent=1))
     print()
     print(f"held-out: best candidate {best_possible:.2f}, uniform {rows[0]['heldout_ppl']:.2f}, dense {dense_heldout:.2f}")
-    print("| fitness text | fitness | tokens | Spearman rho vs held-out | self-agreement | held-out of its best | mean of its top 5 |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    extra = extra_text is not None
+    print("| fitness text | fitness | tokens | Spearman rho vs held-out | self-agreement | held-out of its best | mean of its top 5 |"
+          + (f" rho vs {args.heldout_extra} | {args.heldout_extra} of its best |" if extra else ""))
+    print("|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if extra else ""))
     for e in summary:
         agree = f"{e['self_agreement']:.2f}" if "self_agreement" in e else ""
         print(f"| {e['source']} | {e['objective']} {e['blocks']}x{e['seqlen']} | {e['tokens']} | {e['spearman_heldout']:.2f} | {agree} | "
-              f"{e['top1_heldout_ppl']:.1f} | {e['top5_mean_heldout_ppl']:.1f} |")
+              f"{e['top1_heldout_ppl']:.1f} | {e['top5_mean_heldout_ppl']:.1f} |"
+              + (f" {e['extra_spearman_heldout']:.2f} | {e['extra_top1_heldout_ppl']:.1f} |" if extra else ""))
     if finalists:
         n = len(finalists)
         print(f"\nre-ranking the top {args.finalists} finalists of each of {n} searches (held-out ppl, mean over searches):")

@@ -57,6 +57,9 @@ def parse_args(argv=None):
                    help="fitness blocks per selection stage, e.g. 2 or 2,8 (staged: the last stage ranks the best "
                         "offspring on more tokens)")
     p.add_argument("--fitness-seqlen", type=int, default=512)
+    p.add_argument("--calib", default="lambada",
+                   help="calibration and fitness text (selfprune's --calib): lambada (fiction), wiki-passages (Wikipedia, "
+                        "the offline stand-in for WikiText-2 train), or a FILE; never the held-out text")
     p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--calib-seqlen", type=int, default=256)
     p.add_argument("--eval-windows", type=int, default=32, help="WikiText-2 test windows for held-out perplexity")
@@ -86,16 +89,22 @@ DEFAULT_ARMS = ("uniform", "owl", "random=random:noise", "ga-noise=ga:noise", "g
 
 # Settings a resumed benchmark must share with the rows it keeps.
 SAME_SETTINGS = ("model", "population", "crossover", "mutation", "llm_share", "fitness", "fitness_samples",
-                 "fitness_seqlen", "calib_samples", "calib_seqlen", "eval_windows", "eval_seqlen", "wikitext",
+                 "fitness_seqlen", "calib", "calib_samples", "calib_seqlen", "eval_windows", "eval_seqlen", "wikitext",
                  "tasks", "zeroshot_limit", "seed", "max_evals")
 # Of those, the ones that change only the LLM-operator arms: tables may merge files that differ in them, one
 # value per LLM arm (an arm run with another share is another arm, under its own name).
 ARM_SETTINGS = ("llm_share",)
 
 
+# What a setting was before it was recorded: results files from before --calib ran on LAMBADA.
+UNRECORDED = {"calib": "lambada"}
+
+
 def differing_settings(kept: dict, other: dict) -> list[str]:
-    """The settings recorded in ``kept`` that change the numbers and differ in ``other``."""
-    return [k for k, v in kept.items() if k in SAME_SETTINGS and v != other.get(k)]
+    """The settings recorded in ``kept`` (or unrecorded there, with a known value) that change the numbers and
+    differ in ``other``."""
+    value = lambda args, k: args.get(k, UNRECORDED.get(k))  # noqa: E731
+    return [k for k in SAME_SETTINGS if (k in kept or k in UNRECORDED) and value(kept, k) != value(other, k)]
 
 
 def parse_arm(spec: str) -> tuple[str, str, str, str | None]:
@@ -169,7 +178,7 @@ def main(argv=None) -> int:
 
     for ratio in [float(r) for r in args.ratios.split(",")]:
         t0 = time.perf_counter()
-        prune_options = PruneOptions(calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen)
+        prune_options = PruneOptions(calib=args.calib, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen)
         search_options = dict(fitness=args.fitness, fitness_samples=[int(x) for x in args.fitness_samples.split(",")],
                               fitness_seqlen=args.fitness_seqlen, population=args.population, crossover=args.crossover,
                               mutation=args.mutation, max_evals=args.max_evals, llm_share=args.llm_share)
@@ -358,7 +367,8 @@ def origin_credit(rows) -> list[str]:
 
 def format_table(rows, dense_ppl, speed, args) -> str:
     lines = [f"dense held-out ppl {dense_ppl:.2f} (WikiText-2 test, {args.eval_windows}x{args.eval_seqlen} tokens); "
-             f"fitness: {args.fitness} on {args.fitness_samples}x{args.fitness_seqlen} calibration-side tokens; "
+             f"fitness: {args.fitness} on {args.fitness_samples}x{args.fitness_seqlen} tokens of "
+             f"{getattr(args, 'calib', UNRECORDED['calib'])} (calibration source, second half); "
              f"budget {args.max_evals} evaluations per search; seeds {args.seeds}; "
              f"LLM operator's share of offspring {getattr(args, 'llm_share', '-')}"]
     head = ("ratio", "arm", "seeds", "held-out ppl (mean +- sd)", "x uniform", "zero-shot avg % (mean +- sd)",

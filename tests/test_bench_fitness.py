@@ -45,3 +45,15 @@ def test_smoothness_prior_keeps_the_ranking_at_zero_and_prefers_the_smooth_shape
     assert strong["top1"] == "smooth" and strong["rerank"]["picks"] == {"S": "smooth"}
     assert strong["rerank"]["better"] == 1 and strong["spearman_heldout"] == pytest.approx(1.0)
     assert "fit+1tv" not in candidates[0]  # the caller's rows are left as they were
+
+
+def test_setting_summary_reports_the_agreement_with_a_second_heldout_text_where_rows_have_one(bench):
+    # "fit" ranks exactly as WikiText-2 does and exactly against the other text.
+    rows = [{"name": f"c{i}", "fit": f, "heldout_ppl": h, "heldout_extra_ppl": x}
+            for i, (f, h, x) in enumerate([(1.0, 100.0, 90.0), (2.0, 200.0, 80.0), (3.0, 300.0, 70.0)])]
+    summary = bench.setting_summary(rows, "fit")
+    assert summary["spearman_heldout"] == pytest.approx(1.0) and summary["top1"] == "c0"
+    assert summary["extra_spearman_heldout"] == pytest.approx(-1.0)
+    assert summary["extra_top1_heldout_ppl"] == pytest.approx(90.0)
+    assert "extra_spearman_heldout" not in bench.setting_summary([{k: v for k, v in r.items() if "extra" not in k}
+                                                                  for r in rows], "fit")

@@ -46,6 +46,18 @@ def test_parts_run_with_other_settings_are_not_merged(bench):
         bench.merge_results([a, b])
 
 
+def test_a_file_from_before_calib_was_recorded_counts_as_lambada(bench):
+    a, b = parts()
+    assert "calib" not in a["args"]  # run before --calib existed: it calibrated on LAMBADA
+    b["args"]["calib"] = "lambada"
+    assert len(bench.merge_results([a, b])["rows"]) == len(a["rows"]) + len(b["rows"])
+    b["args"]["calib"] = "wiki-passages"
+    with pytest.raises(SystemExit, match="calib"):
+        bench.merge_results([a, b])
+    assert bench.differing_settings(a["args"], b["args"]) == ["calib"]  # either side
+    assert bench.differing_settings(b["args"], a["args"]) == ["calib"]
+
+
 def test_parts_that_differ_in_the_llm_share_merge_as_separate_arms_and_compare_seed_by_seed(bench):
     a, b = parts()
     other = json.loads(json.dumps(b))

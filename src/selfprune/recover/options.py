@@ -30,7 +30,7 @@ class RecoverOptions:
     weight_decay: float = 0.0  # on matrices only
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     temperature: float = 1.0  # distillation temperature
-    data: str = DEFAULT_SOURCE  # lambada, wikitext2-train, c4, a text file, or a hub dataset id
+    data: str = DEFAULT_SOURCE  # lambada, wiki-passages, wikitext2-train, c4, a text file, or a hub dataset id
     heldout_blocks: int = 8  # recovery blocks held out for the periodic check
     eval_every: int | None = None  # steps between held-out checks; None: see checks_every; 0: before/after only
     save_every: int = 0  # steps between saved states (needs state_dir); 0: only at the end

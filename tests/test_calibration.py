@@ -1,0 +1,57 @@
+"""Calibration sources: the offline Wikipedia passages are Wikipedia text, mixed in both halves, and
+share nothing with the WikiText-2 test split they stand in for."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from selfprune.data.calibration import CALIBRATION_SOURCES, calibration_text, token_blocks
+from selfprune.errors import SelfpruneError
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def ngrams(tokens: list[str], n: int = 13) -> set[tuple[str, ...]]:
+    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+
+
+@pytest.fixture(scope="module")
+def wiki_passages() -> str:
+    return calibration_text("wiki-passages")
+
+
+def test_wiki_passages_are_distinct_paragraphs_of_both_sets_in_both_halves(wiki_passages):
+    paragraphs = wiki_passages.split("\n\n")
+    assert len(paragraphs) == len(set(paragraphs)) > 1000  # questions share paragraphs: each is kept once
+    assert len(wiki_passages) > 1_000_000
+    half = len(wiki_passages) // 2
+    for part in (wiki_passages[:half], wiki_passages[half:]):  # calibration takes one half, fitness the other
+        assert "touchdown" in part  # DROP's NFL game articles
+        assert "Question:" not in part and "Background:" not in part  # only the SQuAD paragraphs, not the prompts
+    assert "Harvard" in wiki_passages  # a SQuAD article
+
+
+def test_wiki_passages_share_no_13_gram_with_wikitext2_test(wiki_passages, wikitext_test_path):
+    test_text = wikitext_test_path.read_text(encoding="utf-8")
+    shared = ngrams(words(wiki_passages)) & ngrams(words(test_text))
+    assert not shared, f"{len(shared)} shared 13-grams, e.g. {' '.join(next(iter(shared)))}"
+    # The check itself sees overlap where there is some: a WikiText-2 line planted in the passages is found.
+    planted = wiki_passages + "\n\n" + next(line for line in test_text.splitlines() if len(words(line)) > 40)
+    assert ngrams(words(planted)) & ngrams(words(test_text))
+
+
+def test_wiki_passages_give_token_blocks_for_calibration_and_fitness(default_model, wiki_passages):
+    _, tokenizer = default_model
+    calib = token_blocks(tokenizer, wiki_passages, 32, 256, seed=0, split="first")
+    fitness = token_blocks(tokenizer, wiki_passages, 8, 512, seed=1, split="second")
+    assert calib.shape == (32, 256) and fitness.shape == (8, 512)
+    assert "wiki-passages" in CALIBRATION_SOURCES
+
+
+def test_unknown_source_names_the_choices():
+    with pytest.raises(SelfpruneError, match="wiki-passages"):
+        calibration_text("wikipedia")
