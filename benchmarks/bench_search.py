@@ -68,7 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--zeroshot-limit", type=int, default=200, help="documents per zero-shot task (0: no zero-shot)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resume", action="store_true",
-                   help="keep the rows already in OUT/results.json (same settings) and run only the missing ones")
+                   help="keep the rows already in OUT/results.json (same settings) and run only the missing ones; a "
+                        "missing one whose search left a checkpoint continues from it (a finished search is not rerun)")
     p.add_argument("--wikitext", default=default_wikitext(),
                    help="WikiText-2 raw test file (default: $SELFPRUNE_WIKITEXT_TEST, ../shared/data/..., or the hub)")
     p.add_argument("--openai-model", help="model name on an OpenAI-compatible server (adds llm-openai)")
@@ -137,6 +138,7 @@ def main(argv=None) -> int:
     from selfprune.eval.perplexity import perplexity
     from selfprune.eval.zeroshot import zeroshot
     from selfprune.evolution.genome import GenomeSpace
+    from selfprune.evolution.loop import read_checkpoint
     from selfprune.evolution.llm.backends import LocalBackend, OpenAIBackend, RandomBackend
     from selfprune.evolution.problem import build_search_problem
     from selfprune.evolution.search import search
@@ -221,8 +223,11 @@ def main(argv=None) -> int:
                                    "openai": lambda: openai_backend}[llm]()
                 spec = f"openai:{args.openai_model}" if llm == "openai" else llm
                 options = SearchOptions(**search_options, operator=[operator], generations=gens, init=init, llm=spec)
+                folder = search_dir(out, ratio, name, seed)
+                # A search killed (or finished, its evaluation killed) continues from its checkpoint.
+                snap = read_checkpoint(folder) if args.resume else None
                 found = search(model, tokenizer, ratio, prune_options, options, seed=seed, progress=False,
-                               out_dir=search_dir(out, ratio, name, seed), backend=backend, problem=problem)
+                               out_dir=folder, backend=backend, problem=problem, resume=snap is not None)
                 res = found.results[operator]
                 wall = time.perf_counter() - t0
                 with pruned_view(adapter, fit.plan(*res.best.genome.arrays()), problem.scores, fit.bias_compensation):
@@ -236,7 +241,9 @@ def main(argv=None) -> int:
                     "zeroshot_avg": zs["average"] if zs else None,
                     "zeroshot": {t: v[v["metric_for_average"]] for t, v in zs["tasks"].items()} if zs else None,
                     "evals": rep["budget"]["total_evals"], "fitness_tokens": rep["budget"]["total_tokens"],
-                    "wall_s": wall, "fitness_s": sum(v for k, v in rep["budget"]["seconds"].items() if k.startswith("fitness")),
+                    "wall_s": wall,  # of this process only, when the search was resumed
+                    "resumed_at_generation": snap["generation"] if snap else None,
+                    "fitness_s": sum(v for k, v in rep["budget"]["seconds"].items() if k.startswith("fitness")),
                     "llm_calls": llm_stats.get("calls", 0), "llm_valid": llm_stats.get("valid_rate"),
                     "llm_distinct": llm_stats.get("distinct"), "llm_repeats": llm_stats.get("repeats"),
                     "llm_copies": llm_stats.get("copies"),

@@ -118,3 +118,27 @@ def test_paired_comparisons_leave_out_the_fixed_arms_run_beside_each_seed(bench)
     (line,) = bench.paired_comparisons(rows, "ga-levels")
     assert line.startswith("ratio 0.5: llm-self vs ga-levels: lower held-out ppl in 1 of 2 seeds")
     assert f"mean per-seed ratio {(700 / 900 + 1200 / 1100) / 2:.2f}" in line
+
+
+def test_resume_continues_a_search_killed_before_its_row_was_written(tmp_path, wikitext_test_path, default_model_dir):
+    """A benchmark killed inside a search resumes that search from its checkpoint and ends where the whole run
+    did (the seeded GA is deterministic), instead of redoing it from the start."""
+    out = tmp_path / "bench"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_search.py"), "--ratios", "0.3",
+           "--arms", "ga-levels=ga-levels:seeded", "--seeds", "0", "--max-evals", "12", "--population", "4",
+           "--crossover", "2", "--mutation", "2", "--fitness-samples", "1", "--fitness-seqlen", "64",
+           "--calib-samples", "2", "--calib-seqlen", "64", "--eval-windows", "1", "--eval-seqlen", "64",
+           "--zeroshot-limit", "0", "--threads", "1", "--wikitext", str(wikitext_test_path), "--out", str(out)]
+    subprocess.run(cmd, capture_output=True, text=True, check=True)
+    results = json.loads((out / "results.json").read_text())
+    (whole,) = results["rows"]
+    assert whole["resumed_at_generation"] is None and whole["evals"] == 12
+    # Killed one generation before the end, before the row was saved: the previous checkpoint is the last one.
+    folder = out / "r0.3" / "ga-levels" / "s0"
+    (folder / "checkpoint.json").write_text((folder / "checkpoint.prev.json").read_text())
+    (out / "results.json").write_text(json.dumps({**results, "rows": []}))
+    subprocess.run(cmd + ["--resume"], capture_output=True, text=True, check=True)
+    (resumed,) = json.loads((out / "results.json").read_text())["rows"]
+    assert resumed["resumed_at_generation"] == 1  # 4 initial + 2 generations of 4: killed after the first
+    assert resumed["rates"] == whole["rates"] and resumed["fitness"] == whole["fitness"]
+    assert resumed["heldout_ppl"] == pytest.approx(whole["heldout_ppl"]) and resumed["evals"] == 12
