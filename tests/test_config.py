@@ -136,6 +136,20 @@ def test_preflight_falls_back_to_an_offline_text_only_when_asked_for_auto(tmp_pa
     # ... and a calibration text that is the evaluation text is refused.
     with pytest.raises(SelfpruneError, match="evaluation text itself"):
         preflight(resolve({**base, "prune": {"calib": str(wikitext_test_path)}, "eval": {"ppl": str(wikitext_test_path)}}))
+    # ... nor one that holds part of it (a slice the hash check would miss), named with the numbers.
+    wiki = wikitext_test_path.read_text(encoding="utf-8")
+    part = tmp_path / "wiki-first-half.txt"
+    part.write_text(wiki[: len(wiki) // 2], encoding="utf-8")
+    with pytest.raises(SelfpruneError, match=r"contains part of the evaluation text \(it shares [\d,]+ of .* \((4|5)\d\.\d\d%\)"):
+        preflight(resolve({**base, "prune": {"calib": str(part)}, "eval": {"ppl": str(wikitext_test_path)}}))
+    pre = preflight(resolve({**base, "prune": {"calib": "wiki-passages"}, "eval": {"ppl": str(wikitext_test_path)}}))
+    assert pre.eval_text.source == str(wikitext_test_path.resolve()) and not pre.warnings
+    # The Wikipedia passages share a few sequences with the CoQA stories (whose Wikipedia part quotes the same
+    # articles): said, with the numbers, and not refused; LAMBADA shares none.
+    pre = preflight(resolve({**base, "prune": {"calib": "wiki-passages"}, "eval": {"ppl": "coqa", "tasks": "piqa"}}))
+    (line,) = pre.warnings
+    assert "'wiki-passages' shares" in line and "13-word sequences (0.1" in line
+    assert not preflight(resolve({**base, "eval": {"ppl": "coqa", "tasks": "piqa"}})).warnings
     pre = preflight(resolve({**base, "eval": {"ppl": str(wikitext_test_path)}}))
     assert pre.eval_text.source == str(wikitext_test_path.resolve()) and not pre.warnings
     assert not (tmp_path / "run").exists()

