@@ -130,3 +130,27 @@ def test_pruned_checkpoint_records_its_dense_model(tmp_path, tiny_model):
     result = prune_model(model, None, ratio=0.3, options=PruneOptions(metric="magnitude"), progress=False)
     out = save_pruned(result.model, None, tmp_path / "pruned")
     assert recorded_baseline(str(out)) == str(dense_dir)
+
+
+def test_rates_from_a_search_are_pruned_with_the_searchs_calibration(tmp_path, default_model):
+    """`prune --rates DIR/best.json` keeps the heads and channels the search scored: its calibration text,
+    sizes and seed come from the search's config.json unless a flag says otherwise (then a note says so)."""
+    from selfprune.config import resolve
+
+    search = tmp_path / "search"
+    search.mkdir()
+    config = resolve({"model": "default", "ratio": 0.3, "seed": 3,
+                      "prune": {"calib": "wiki-passages", "calib_samples": 2, "calib_seqlen": 64}})
+    (search / "config.json").write_text(json.dumps({"command": [], "config": config.model_dump(mode="json")}))
+    (search / "best.json").write_text(json.dumps({"rates": [{"attn": 0.25, "mlp": 0.35}] * 30}))
+    result = selfprune("prune", "default", "--rates", search / "best.json", "--out", tmp_path / "a")
+    assert result.returncode == 0, result.stderr
+    assert "as the search that wrote the rates" in result.stdout and "wiki-passages, 2 x 64 tokens, seed 3" in result.stdout
+    summary = json.loads((tmp_path / "a" / "selfprune_summary.json").read_text())
+    assert (summary["calib"], summary["calib_samples"], summary["calib_seqlen"], summary["seed"]) == (
+        "wiki-passages", 2, 64, 3)
+    result = selfprune("prune", "default", "--rates", search / "best.json", "--calib", "lambada", "--out", tmp_path / "b")
+    assert result.returncode == 0, result.stderr
+    assert "note: --calib lambada (the search's wiki-passages)" in result.stdout
+    summary = json.loads((tmp_path / "b" / "selfprune_summary.json").read_text())
+    assert (summary["calib"], summary["calib_samples"]) == ("lambada", 2)

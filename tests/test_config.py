@@ -21,6 +21,8 @@ def test_defaults_are_the_quick_preset_and_paper_sets_the_papers_budget():
     # The fitness the study chose (docs/search.md), not a cheaper one that ranks worse.
     assert (s.fitness_samples, s.fitness_seqlen, s.stage_keep) == (quick.search.fitness_samples, 512, None)
     assert paper.eval.limit is None and len(paper.eval.tasks) == 7
+    # Wikipedia calibration and fitness text, as the paper's WikiText-2 fitness; the quick default stays LAMBADA.
+    assert (paper.prune.calib, quick.prune.calib) == ("wiki-passages", "lambada")
     # A field given explicitly wins over the preset.
     assert resolve({"model": "m", "ratio": 0.3, "preset": "paper", "search": {"population": 5}}).search.population == 5
 

@@ -32,6 +32,29 @@ def print_summary(summary: dict) -> None:
     )
 
 
+# What decides which heads and channels a rate keeps: a search scored its candidates with these.
+SEARCH_PRUNE_FIELDS = ("metric", "calib", "calib_samples", "calib_seqlen", "attn_granularity", "mlp_multiple",
+                       "bias_compensation")
+
+
+def search_settings(rates_file: str):
+    """(prune options, seed, config path) of the `selfprune search` that wrote ``rates_file`` (its config.json in
+    the same folder, or one up for an operator's own folder), or None for rates from elsewhere."""
+    import json
+    from pathlib import Path
+
+    for folder in (Path(rates_file).parent, Path(rates_file).parent.parent):
+        path = folder / "config.json"
+        if path.is_file():
+            try:
+                config = json.loads(path.read_text())["config"]
+                prune = {k: config["prune"][k] for k in SEARCH_PRUNE_FIELDS if k in config["prune"]}
+                return prune, config.get("seed", 0), path
+            except (ValueError, KeyError, TypeError):
+                return None  # not a search's config: the rates alone
+    return None
+
+
 def run(args) -> int:
     from selfprune.api import prune
     from selfprune.cli.options import overrides_from
@@ -44,6 +67,20 @@ def run(args) -> int:
     if (args.ratio is None) == (args.rates is None):
         raise SelfpruneError("give exactly one of --ratio R or --rates FILE")
     given = overrides_from(args)
+    searched = search_settings(args.rates) if args.rates else None
+    if searched:  # prune as the search scored: the same importance keeps the same heads and channels
+        search_prune, search_seed, config_path = searched
+        differs = [f"--{k.replace('_', '-')} {v} (the search's {search_prune[k]})"
+                   for k, v in given.get("prune", {}).items() if k in search_prune and search_prune[k] != v]
+        if "seed" in given and given["seed"] != search_seed:
+            differs.append(f"--seed {given['seed']} (the search's {search_seed})")
+        given = {**given, "prune": {**search_prune, **given.get("prune", {})}, "seed": given.get("seed", search_seed)}
+        print(f"calibration and importance as the search that wrote the rates ({config_path}): "
+              f"{given['prune']['metric']} on {given['prune']['calib']}, {given['prune']['calib_samples']} x "
+              f"{given['prune']['calib_seqlen']} tokens, seed {given['seed']}")
+        if differs:
+            print("note: " + ", ".join(differs) + ": the pruned model keeps other heads and channels than the "
+                  "search scored")
     options = section_options("prune", given.get("prune", {}))
     if args.ratio is not None:
         check_ratio(args.ratio)
