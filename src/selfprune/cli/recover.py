@@ -49,8 +49,8 @@ def register(subparsers) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (default 0)")
     p.add_argument("--temperature", type=float, default=d.temperature, help="distillation temperature (default 1)")
     p.add_argument("--data", default=d.data, metavar="lambada|FILE|HUB_ID",
-                   help="recovery text: lambada (offline, default), wiki-passages (offline), wikitext2-train, c4, a text FILE, or a hub dataset "
-                        "id (train split, 'owner/name[:config]'); never the evaluation text")
+                   help="recovery text: lambada (offline, default), wiki-passages (offline), wikitext2-train, c4, a text "
+                        "FILE, or a hub dataset id (train split, 'owner/name[:config]'); never the evaluation text")
     p.add_argument("--heldout-blocks", type=int, default=d.heldout_blocks, metavar="N",
                    help=f"recovery blocks held out for the periodic check (default {d.heldout_blocks})")
     p.add_argument("--eval-every", type=int, default=None, metavar="STEPS",
