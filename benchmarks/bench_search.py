@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -77,6 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reference", default="ga-levels", help="the arm every other searching arm is compared with, seed by seed")
+    p.add_argument("--rescore", metavar="RESULTS_JSON[,...]",
+                   help="also score the best genomes of these results files (same ratio) on this run's problem: with "
+                        "another --calib, this separates what the calibration gives from what the search found")
     p.add_argument("--table", metavar="RESULTS_JSON[,...]",
                    help="print the table of a results file and exit; several files (parts of one matrix run side by "
                         "side, e.g. one per core) are merged, refused when a setting that changes the numbers differs")
@@ -205,6 +209,22 @@ def main(argv=None) -> int:
               f"forward {dense_s:.3f} s over {fit.tokens(fit.num_stages - 1)} tokens ({cand_s / dense_s:.2f}x)",
               flush=True)
         gens = max(0, math.ceil((args.max_evals - args.population) / max(1, args.crossover + args.mutation)))
+        for f in filter(None, (args.rescore or "").split(",")):  # fixed genomes from other runs, on this problem
+            for old in json.loads(Path(f).read_text())["rows"]:
+                name = f"{old['arm']}@{Path(f).parent.name}"
+                if abs(old["ratio"] - ratio) > 1e-9 or old["evals"] <= 1 or (ratio, name, old["seed"]) in done:
+                    continue
+                genome = space.repair(np.concatenate([old["rates"]["attn"], old["rates"]["mlp"]]))[0]
+                with pruned_view(adapter, fit.plan(*genome.arrays()), problem.scores, fit.bias_compensation):
+                    held_out = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
+                    zs = zeroshot(model, tokenizer, args.tasks, limit=args.zeroshot_limit) if args.zeroshot_limit else None
+                rows.append({"ratio": ratio, "arm": name, "operator": "rescored", "init": None, "llm": None,
+                             "seed": old["seed"], "heldout_ppl": held_out, "fitness": fit(*genome.arrays(), stage=fit.num_stages - 1),
+                             "zeroshot_avg": zs["average"] if zs else None, "evals": 1, "fitness_tokens": 0, "wall_s": 0.0,
+                             "fitness_s": 0.0, "llm_calls": 0, "fallbacks": 0, "rescored_from": f,
+                             "rates": {"attn": list(genome.attn), "mlp": list(genome.mlp)}})
+                save()
+                print(f"  {name:<10} seed {old['seed']}  held-out ppl {held_out:8.2f} (genome of {f}, this problem)", flush=True)
         # Seeds outside, arms inside: a matrix stopped early holds every arm at the seeds it finished.
         for seed in seeds:
             for name, operator, init, llm in arms:

@@ -142,3 +142,11 @@ def test_resume_continues_a_search_killed_before_its_row_was_written(tmp_path, w
     assert resumed["resumed_at_generation"] == 1  # 4 initial + 2 generations of 4: killed after the first
     assert resumed["rates"] == whole["rates"] and resumed["fitness"] == whole["fitness"]
     assert resumed["heldout_ppl"] == pytest.approx(whole["heldout_ppl"]) and resumed["evals"] == 12
+    # --rescore: the genome that search found, scored on another problem (Wikipedia calibration) as a fixed arm.
+    other = tmp_path / "rescored"
+    cmd = [c if c != str(out) else str(other) for c in cmd]
+    subprocess.run(cmd[:cmd.index("--arms")] + ["--arms", "uniform", "--calib", "wiki-passages", "--rescore",
+                   str(out / "results.json")] + cmd[cmd.index("--arms") + 2:], capture_output=True, text=True, check=True)
+    rows = {r["arm"]: r for r in json.loads((other / "results.json").read_text())["rows"]}
+    assert set(rows) == {"uniform", "ga-levels@bench"} and rows["ga-levels@bench"]["rates"] == whole["rates"]
+    assert rows["ga-levels@bench"]["heldout_ppl"] != pytest.approx(whole["heldout_ppl"])  # other importance, other heads
