@@ -209,15 +209,20 @@ def main(argv=None) -> int:
               f"forward {dense_s:.3f} s over {fit.tokens(fit.num_stages - 1)} tokens ({cand_s / dense_s:.2f}x)",
               flush=True)
         gens = max(0, math.ceil((args.max_evals - args.population) / max(1, args.crossover + args.mutation)))
+
+        def score(genome):
+            """Held-out perplexity and zero-shot of ``genome`` pruned on this problem."""
+            with pruned_view(adapter, fit.plan(*genome.arrays()), problem.scores, fit.bias_compensation):
+                held_out = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
+                return held_out, zeroshot(model, tokenizer, args.tasks, limit=args.zeroshot_limit) if args.zeroshot_limit else None
+
         for f in filter(None, (args.rescore or "").split(",")):  # fixed genomes from other runs, on this problem
             for old in json.loads(Path(f).read_text())["rows"]:
                 name = f"{old['arm']}@{Path(f).parent.name}"
                 if abs(old["ratio"] - ratio) > 1e-9 or old["evals"] <= 1 or (ratio, name, old["seed"]) in done:
                     continue
                 genome = space.repair(np.concatenate([old["rates"]["attn"], old["rates"]["mlp"]]))[0]
-                with pruned_view(adapter, fit.plan(*genome.arrays()), problem.scores, fit.bias_compensation):
-                    held_out = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
-                    zs = zeroshot(model, tokenizer, args.tasks, limit=args.zeroshot_limit) if args.zeroshot_limit else None
+                held_out, zs = score(genome)
                 rows.append({"ratio": ratio, "arm": name, "operator": "rescored", "init": None, "llm": None,
                              "seed": old["seed"], "heldout_ppl": held_out, "fitness": fit(*genome.arrays(), stage=fit.num_stages - 1),
                              "zeroshot_avg": zs["average"] if zs else None, "evals": 1, "fitness_tokens": 0, "wall_s": 0.0,
@@ -250,9 +255,7 @@ def main(argv=None) -> int:
                                out_dir=folder, backend=backend, problem=problem, resume=snap is not None)
                 res = found.results[operator]
                 wall = time.perf_counter() - t0
-                with pruned_view(adapter, fit.plan(*res.best.genome.arrays()), problem.scores, fit.bias_compensation):
-                    held_out = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
-                    zs = zeroshot(model, tokenizer, args.tasks, limit=args.zeroshot_limit) if args.zeroshot_limit else None
+                held_out, zs = score(res.best.genome)
                 rep = res.report
                 llm_stats = rep.get("operator_stats") or {}
                 rows.append({
