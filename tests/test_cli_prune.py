@@ -154,3 +154,23 @@ def test_rates_from_a_search_are_pruned_with_the_searchs_calibration(tmp_path, d
     assert "note: --calib lambada (the search's wiki-passages)" in result.stdout
     summary = json.loads((tmp_path / "b" / "selfprune_summary.json").read_text())
     assert (summary["calib"], summary["calib_samples"]) == ("lambada", 2)
+
+
+def test_rates_from_a_run_directory_are_pruned_with_the_runs_calibration(tmp_path, default_model):
+    """A `selfprune run` directory keeps its settings in DIR/config.yaml and the search's best rates in
+    DIR/search/<operator>/best.json: `prune --rates` on those reads the run's calibration and seed."""
+    from selfprune.config import resolve
+
+    run_dir = tmp_path / "run"
+    (run_dir / "search" / "llm").mkdir(parents=True)
+    config = resolve({"model": "default", "ratio": 0.3, "seed": 5,
+                      "prune": {"calib": "wiki-passages", "calib_samples": 2, "calib_seqlen": 48}})
+    (run_dir / "config.yaml").write_text(config.to_yaml())
+    rates = run_dir / "search" / "llm" / "best.json"
+    rates.write_text(json.dumps({"rates": [{"attn": 0.25, "mlp": 0.35}] * 30}))
+    result = selfprune("prune", "default", "--rates", rates, "--out", tmp_path / "a")
+    assert result.returncode == 0, result.stderr
+    assert f"({run_dir / 'config.yaml'})" in result.stdout and "wiki-passages, 2 x 48 tokens, seed 5" in result.stdout
+    summary = json.loads((tmp_path / "a" / "selfprune_summary.json").read_text())
+    assert (summary["calib"], summary["calib_samples"], summary["calib_seqlen"], summary["seed"]) == (
+        "wiki-passages", 2, 48, 5)

@@ -38,19 +38,23 @@ SEARCH_PRUNE_FIELDS = ("metric", "calib", "calib_samples", "calib_seqlen", "attn
 
 
 def search_settings(rates_file: str):
-    """(prune options, seed, config path) of the `selfprune search` that wrote ``rates_file`` (its config.json in
-    the same folder, or one up for an operator's own folder), or None for rates from elsewhere."""
+    """(prune options, seed, config path) of the search that wrote ``rates_file``, or None for rates from
+    elsewhere: a `selfprune search` folder's config.json (beside the rates, or one up for an operator's own
+    folder), or a `selfprune run` directory's config.yaml (DIR/search/<operator>/best.json)."""
     import json
     from pathlib import Path
 
-    for folder in (Path(rates_file).parent, Path(rates_file).parent.parent):
-        path = folder / "config.json"
+    import yaml
+
+    folder = Path(rates_file).parent
+    for path in (folder / "config.json", folder.parent / "config.json", folder.parent.parent / "config.yaml"):
         if path.is_file():
             try:
-                config = json.loads(path.read_text())["config"]
+                text = path.read_text()
+                config = json.loads(text)["config"] if path.suffix == ".json" else yaml.safe_load(text)
                 prune = {k: config["prune"][k] for k in SEARCH_PRUNE_FIELDS if k in config["prune"]}
                 return prune, config.get("seed", 0), path
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, yaml.YAMLError):
                 return None  # not a search's config: the rates alone
     return None
 
