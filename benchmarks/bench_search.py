@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -216,9 +217,12 @@ def main(argv=None) -> int:
                 held_out = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
                 return held_out, zeroshot(model, tokenizer, args.tasks, limit=args.zeroshot_limit) if args.zeroshot_limit else None
 
-        for f in filter(None, (args.rescore or "").split(",")):  # fixed genomes from other runs, on this problem
+        rescore = list(filter(None, (args.rescore or "").split(",")))
+        # Parts of one matrix (A/a/results.json, A/b/results.json) share one label, the folder above them.
+        origin = Path(os.path.commonpath([Path(f).resolve().parent for f in rescore])).name if rescore else ""
+        for f in rescore:  # fixed genomes from other runs, on this problem
             for old in json.loads(Path(f).read_text())["rows"]:
-                name = f"{old['arm']}@{Path(f).parent.name}"
+                name = f"{old['arm']}@{origin}"
                 if abs(old["ratio"] - ratio) > 1e-9 or old["evals"] <= 1 or (ratio, name, old["seed"]) in done:
                     continue
                 genome = space.repair(np.concatenate([old["rates"]["attn"], old["rates"]["mlp"]]))[0]
