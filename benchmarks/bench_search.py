@@ -137,7 +137,8 @@ def main(argv=None) -> int:
         data = merge_results([json.loads(Path(f).read_text()) for f in args.table.split(",") if f])
         # The files' own settings, but the comparison this command asks for.
         print(format_table(data["rows"], data["dense_ppl"], data["speed"],
-                           argparse.Namespace(**{**data["args"], "reference": args.reference})))
+                           argparse.Namespace(**{**data["args"], "reference": args.reference}),
+                           folders=[Path(f).parent for f in args.table.split(",") if f]))
         return 0
     from selfprune.data.eval_text import load_eval_text
     from selfprune.eval.perplexity import perplexity
@@ -286,7 +287,7 @@ def main(argv=None) -> int:
                       f"evals {rows[-1]['evals']:3d}  best from {res.best.origin:<18} wall {wall:6.1f} s", flush=True)
     save()
     print()
-    print(format_table(rows, dense_ppl, speed, args))
+    print(format_table(rows, dense_ppl, speed, args, folders=[out]))
     return 0
 
 
@@ -399,7 +400,43 @@ def origin_credit(rows) -> list[str]:
     return lines
 
 
-def format_table(rows, dense_ppl, speed, args) -> str:
+def crossover_choices(rows, folders) -> list[str]:
+    """What the LLM operator's crossover replies chose, read from each search's transcript under one of ``folders``
+    (the benchmark OUTs): how often the parents were the two candidates listed first (the two best; also the prompt
+    example's ``"a": 1, "b": 2``), and the most common segment pattern."""
+    lines = []
+    for key, group in by_arm(rows).items():
+        if group[0].get("operator") != "llm":
+            continue
+        pairs, patterns, seeds = 0, {}, 0
+        best_two = in_example_order = 0
+        for r in group:
+            path = next((p for p in (search_dir(f, r["ratio"], r["arm"], r["seed"]) / "transcript.jsonl"
+                                     for f in folders) if p.is_file()), None)
+            if path is None:
+                continue
+            seeds += 1
+            for line in path.read_text().splitlines():
+                call = json.loads(line)
+                for reply in call["replies"] if call.get("kind") == "crossover" else ():
+                    try:
+                        choice = json.loads(reply)
+                        a, b, take = choice["a"], choice["b"], str(choice["take"])
+                    except (ValueError, KeyError, TypeError):
+                        continue  # unparsable replies are counted by the search itself
+                    pairs += 1
+                    best_two += {a, b} == {1, 2}
+                    in_example_order += (a, b) == (1, 2)
+                    patterns[take] = patterns.get(take, 0) + 1
+        if pairs:
+            top, count = max(patterns.items(), key=lambda kv: kv[1])
+            lines.append(f"ratio {key[0]}: {key[1]} ({seeds} seeds), crossover replies: parents the two best in "
+                         f"{best_two} of {pairs} ({100 * best_two / pairs:.0f}%; {100 * in_example_order / pairs:.0f}% "
+                         f"as the example, a 1 and b 2), most common segments {top} ({100 * count / pairs:.0f}%)")
+    return lines
+
+
+def format_table(rows, dense_ppl, speed, args, folders=()) -> str:
     lines = [f"dense held-out ppl {dense_ppl:.2f} (WikiText-2 test, {args.eval_windows}x{args.eval_seqlen} tokens); "
              f"fitness: {args.fitness} on {args.fitness_samples}x{args.fitness_seqlen} tokens of "
              f"{getattr(args, 'calib', UNRECORDED['calib'])} (calibration source, second half); "
@@ -427,6 +464,7 @@ def format_table(rows, dense_ppl, speed, args) -> str:
         lines.append(f"zero-shot: mean acc_norm of {args.tasks}, first {args.zeroshot_limit} documents each")
     lines += paired_comparisons(rows, getattr(args, "reference", "ga-levels"))
     lines += origin_credit(rows)
+    lines += crossover_choices(rows, folders)
     for ratio, s in speed.items():
         lines.append(f"ratio {ratio}: one candidate evaluation {s['candidate_eval_s']:.3f} s vs one dense forward "
                      f"{s['dense_forward_s']:.3f} s over {s['tokens']} tokens = {s['ratio']:.2f}x")
