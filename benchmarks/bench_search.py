@@ -400,16 +400,17 @@ def origin_credit(rows) -> list[str]:
     return lines
 
 
-def crossover_choices(rows, folders) -> list[str]:
-    """What the LLM operator's crossover replies chose, read from each search's transcript under one of ``folders``
-    (the benchmark OUTs): how often the parents were the two candidates listed first (the two best; also the prompt
-    example's ``"a": 1, "b": 2``), and the most common segment pattern."""
+def operator_choices(rows, folders) -> list[str]:
+    """What the LLM operator's replies chose, read from each search's transcript under one of ``folders`` (the
+    benchmark OUTs). Crossover: how often the parents were the two candidates listed first (the two best; also the
+    prompt example's ``"a": 1, "b": 2``) and the most common segment pattern. Mutation: how often a reply was the
+    prompt's example move itself, and how many moves the replies made."""
     lines = []
     for key, group in by_arm(rows).items():
         if group[0].get("operator") != "llm":
             continue
-        pairs, patterns, seeds = 0, {}, 0
-        best_two = in_example_order = 0
+        seeds, pairs, best_two, in_example_order, patterns = 0, 0, 0, 0, {}
+        mutations, example_moves, move_counts = 0, 0, {}
         for r in group:
             path = next((p for p in (search_dir(f, r["ratio"], r["arm"], r["seed"]) / "transcript.jsonl"
                                      for f in folders) if p.is_file()), None)
@@ -418,22 +419,48 @@ def crossover_choices(rows, folders) -> list[str]:
             seeds += 1
             for line in path.read_text().splitlines():
                 call = json.loads(line)
-                for reply in call["replies"] if call.get("kind") == "crossover" else ():
+                kind = call.get("kind")
+                if kind not in ("crossover", "mutate"):
+                    continue
+                example = _prompt_example(call.get("prompt", ""))
+                for reply in call["replies"]:
                     try:
                         choice = json.loads(reply)
-                        a, b, take = choice["a"], choice["b"], str(choice["take"])
+                        if kind == "crossover":
+                            a, b, take = choice["a"], choice["b"], str(choice["take"])
+                        else:
+                            moves = list(choice["moves"])
                     except (ValueError, KeyError, TypeError):
                         continue  # unparsable replies are counted by the search itself
-                    pairs += 1
-                    best_two += {a, b} == {1, 2}
-                    in_example_order += (a, b) == (1, 2)
-                    patterns[take] = patterns.get(take, 0) + 1
+                    if kind == "crossover":
+                        pairs += 1
+                        best_two += {a, b} == {1, 2}
+                        in_example_order += (a, b) == (1, 2)
+                        patterns[take] = patterns.get(take, 0) + 1
+                    else:
+                        mutations += 1
+                        example_moves += choice == example
+                        move_counts[len(moves)] = move_counts.get(len(moves), 0) + 1
+        head = f"ratio {key[0]}: {key[1]} ({seeds} seeds)"
         if pairs:
             top, count = max(patterns.items(), key=lambda kv: kv[1])
-            lines.append(f"ratio {key[0]}: {key[1]} ({seeds} seeds), crossover replies: parents the two best in "
-                         f"{best_two} of {pairs} ({100 * best_two / pairs:.0f}%; {100 * in_example_order / pairs:.0f}% "
-                         f"as the example, a 1 and b 2), most common segments {top} ({100 * count / pairs:.0f}%)")
+            lines.append(f"{head}, crossover replies: parents the two best in {best_two} of {pairs} "
+                         f"({100 * best_two / pairs:.0f}%; {100 * in_example_order / pairs:.0f}% as the example, a 1 and "
+                         f"b 2), most common segments {top} ({100 * count / pairs:.0f}%)")
+        if mutations:
+            counts = ", ".join(f"{k}: {v}" for k, v in sorted(move_counts.items()))
+            lines.append(f"{head}, mutation replies: the prompt's example move itself in {example_moves} of {mutations} "
+                         f"({100 * example_moves / mutations:.0f}%); replies by number of moves {counts}")
     return lines
+
+
+def _prompt_example(prompt: str):
+    """The example answer a prompt ends with (``... like {JSON}``), or None."""
+    tail = prompt.rstrip().rsplit("like ", 1)
+    try:
+        return json.loads(tail[1]) if len(tail) == 2 else None
+    except ValueError:
+        return None
 
 
 def format_table(rows, dense_ppl, speed, args, folders=()) -> str:
@@ -464,7 +491,7 @@ def format_table(rows, dense_ppl, speed, args, folders=()) -> str:
         lines.append(f"zero-shot: mean acc_norm of {args.tasks}, first {args.zeroshot_limit} documents each")
     lines += paired_comparisons(rows, getattr(args, "reference", "ga-levels"))
     lines += origin_credit(rows)
-    lines += crossover_choices(rows, folders)
+    lines += operator_choices(rows, folders)
     for ratio, s in speed.items():
         lines.append(f"ratio {ratio}: one candidate evaluation {s['candidate_eval_s']:.3f} s vs one dense forward "
                      f"{s['dense_forward_s']:.3f} s over {s['tokens']} tokens = {s['ratio']:.2f}x")

@@ -104,10 +104,14 @@ def test_table_of_the_committed_results_prints_the_comparison_and_the_credit():
                          capture_output=True, text=True, check=True).stdout
     assert "llm-self vs ga-levels" in out
     assert "llm-self (3 seeds), generation bests by offspring kind: llm-crossover" in out
-    # The crossover choices, read from the committed transcripts: the model mates the two best far more often
-    # than random fills of the same template do.
+    # The operator's choices, read from the committed transcripts: the model mates the two best far more often
+    # than random fills of the same template do...
     shares = dict(re.findall(r"(llm-\w+) \(3 seeds\), crossover replies: parents the two best in \d+ of \d+ \((\d+)%", out))
     assert set(shares) == {"llm-self", "llm-null"} and int(shares["llm-self"]) > 5 * int(shares["llm-null"])
+    # and repeats the prompt's example move, which random fills never do.
+    copies = dict(re.findall(r"(llm-\w+) \(3 seeds\), mutation replies: the prompt's example move itself in \d+ of \d+ "
+                             r"\((\d+)%\)", out))
+    assert int(copies["llm-self"]) > 20 and copies["llm-null"] == "0"
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_search.py"), "--table", files,
                           "--reference", "llm-null"], capture_output=True, text=True, check=True).stdout
     assert "llm-self vs llm-null" in out and "vs ga-levels" not in out
