@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from selfprune.atomic import atomic_directory
 from selfprune.errors import SelfpruneError
@@ -50,9 +51,23 @@ def _default_gguf_path() -> Path:
 def default_model_dir() -> Path:
     """Directory holding the fp32 safetensors copy of the default model, converted on first use."""
     target = cache_dir() / "models" / DEFAULT_MODEL_NAME
-    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+    if _is_converted(target):
         return target
     gguf = _default_gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Processes started together on a fresh machine (a benchmark's seeds side by side) convert once:
+    # without the lock the last one's replace deletes the directory the first is already reading.
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if not _is_converted(target):
+            _convert_default_model(gguf, target)
+    return target
+
+
+def _is_converted(target: Path) -> bool:
+    return (target / "config.json").exists() and any(target.glob("*.safetensors"))
+
+
+def _convert_default_model(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"converting the default model {DEFAULT_MODEL_NAME} from GGUF to fp32 safetensors "
@@ -67,7 +82,6 @@ def default_model_dir() -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "selfprune_source.json").write_text(json.dumps({"gguf": str(gguf), "package": _GGUF_PACKAGE}))
-    return target
 
 
 def resolve_model_path(model: str) -> str:
