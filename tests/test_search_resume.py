@@ -64,6 +64,16 @@ def test_torn_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     assert [h["best"] for h in resumed.history] == [h["best"] for h in full.history]
 
 
+@pytest.mark.parametrize("damage", [b'{"version": 2, "generation": ', b"\xff\xfe\x00garbage"])
+def test_a_resume_from_the_previous_checkpoint_keeps_it_good(tmp_path, damage):
+    # The damaged file the resume fell back from must not be rotated into the previous slot.
+    search(tmp_path).run()
+    (tmp_path / CHECKPOINT).write_bytes(damage)
+    search(tmp_path).run(resume=True)
+    for name in (CHECKPOINT, PREVIOUS):
+        assert json.loads((tmp_path / name).read_text())["version"] == 2
+
+
 def test_unreadable_checkpoints_are_one_clear_error(tmp_path):
     search(tmp_path).run()
     (tmp_path / CHECKPOINT).write_text("not json")

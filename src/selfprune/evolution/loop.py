@@ -358,7 +358,9 @@ class Search:
         t0 = time.perf_counter()
         snap = self._snapshot()
         current = self.out_dir / CHECKPOINT
-        if current.exists():  # keep the last good one: a torn or corrupted write falls back to it
+        # Keep the last good one: a torn or corrupted write falls back to it. A current file that is
+        # itself unreadable (the one a resume fell back from) must not replace the good previous one.
+        if _readable(current)[0] is not None:
             atomic_write_text(self.out_dir / PREVIOUS, current.read_text())
         atomic_write_json(current, snap)
         self.budget.add_seconds("checkpoint", time.perf_counter() - t0)
