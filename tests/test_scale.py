@@ -90,6 +90,12 @@ def test_a_killed_worker_loses_no_candidate(problem, serial, local_ray, monkeypa
     assert outcome.best.best.genome.key == serial.best.best.genome.key
 
 
+def test_the_problem_records_what_its_fitness_values_depend_on(problem):
+    info = problem[2].info  # a resume compares these: another dtype or data gives other fitness values
+    assert info["dtype"] == "float32" and len(info["calib_sha256"]) == len(info["fitness_sha256"]) == 64
+    assert info["calib_sha256"] != info["fitness_sha256"]
+
+
 def test_workers_without_ray_is_a_clear_error(problem, monkeypatch):
     import builtins
 

@@ -19,7 +19,7 @@ from synthetic import synthetic_problem
 CFG = SearchConfig(population=4, generations=2, crossover=2, mutation=2, seed=1)
 PROBLEM = {"fitness": "kl", "calib": "lambada", "metric": "wanda-sp", "fitness_samples": [2], "fitness_seqlen": 256,
            "calib_samples": 32, "calib_seqlen": 256, "seed": 0, "attn_granularity": "head", "mlp_multiple": 1,
-           "calib_sha256": "a" * 64, "fitness_sha256": "b" * 64}
+           "calib_sha256": "a" * 64, "fitness_sha256": "b" * 64, "dtype": "float32"}
 
 
 def search(out, op=None, cfg=CFG, **problem):
@@ -35,6 +35,7 @@ def search(out, op=None, cfg=CFG, **problem):
     ({"metric": "magnitude"}, "metric"),
     ({"fitness_samples": [4]}, "fitness_samples"),
     ({"fitness_sha256": "c" * 64}, "fitness_sha256"),
+    ({"dtype": "bfloat16"}, "dtype"),
 ])
 def test_resume_with_another_setup_is_refused(tmp_path, change, named):
     search(tmp_path).run()
@@ -96,6 +97,12 @@ def test_cli_refuses_another_fitness_before_loading_the_model(tmp_path, capsys):
     assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert 'fitness "kl", now "ppl"' in err
     assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before and not (tmp_path / "config.json").exists()
+
+
+def test_cli_refuses_another_dtype_before_loading_the_model(tmp_path, capsys):
+    search(tmp_path).run()
+    assert _cli(tmp_path, "--dtype", "bfloat16") == 2
+    assert 'dtype "float32", now "bfloat16"' in capsys.readouterr().err
 
 
 def test_cli_corrupt_checkpoint_is_one_line(tmp_path, capsys):

@@ -87,6 +87,8 @@ def check_resume(out, cfg) -> None:
            "fitness": s.fitness, "fitness_samples": list(s.fitness_samples), "fitness_seqlen": s.fitness_seqlen}
     if s.llm is not None:
         now["llm"] = s.llm
+    if cfg.dtype != "auto":  # "auto" is known only once the checkpoint's own dtype has loaded
+        now["dtype"] = cfg.dtype
     folders = {f.parent for pattern in (CHECKPOINT, PREVIOUS) for f in out.glob(f"**/{pattern}")}
     for folder in sorted(folders):
         snap = read_checkpoint(folder)

@@ -88,5 +88,6 @@ def build_search_problem(model, tokenizer, ratio: float, prune: PruneOptions | N
               "fitness_samples": stages, "fitness_seqlen": search.fitness_seqlen, "seed": seed,
               "attn_granularity": prune.attn_granularity, "mlp_multiple": prune.mlp_multiple,
               "bias_compensation": compensate,
+              "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),  # fitness values depend on it
               "calib_sha256": tokens_sha256(blocks), "fitness_sha256": tokens_sha256(fitness_all)},
     )
