@@ -405,6 +405,8 @@ def operator_choices(rows, folders) -> list[str]:
     benchmark OUTs). Crossover: how often the parents were the two candidates listed first (the two best; also the
     prompt example's ``"a": 1, "b": 2``) and the most common segment pattern. Mutation: how often a reply was the
     prompt's example move itself, and how many moves the replies made."""
+    from selfprune.evolution.llm.operator import prompt_example
+
     lines = []
     for key, group in by_arm(rows).items():
         if group[0].get("operator") != "llm":
@@ -422,7 +424,7 @@ def operator_choices(rows, folders) -> list[str]:
                 kind = call.get("kind")
                 if kind not in ("crossover", "mutate"):
                     continue
-                example = _prompt_example(call.get("prompt", ""))
+                example = prompt_example(call.get("prompt", ""))
                 for reply in call["replies"]:
                     try:
                         choice = json.loads(reply)
@@ -439,7 +441,7 @@ def operator_choices(rows, folders) -> list[str]:
                         patterns[take] = patterns.get(take, 0) + 1
                     else:
                         mutations += 1
-                        example_moves += choice == example
+                        example_moves += json.dumps(choice, sort_keys=True, separators=(",", ":")) == example
                         move_counts[len(moves)] = move_counts.get(len(moves), 0) + 1
         head = f"ratio {key[0]}: {key[1]} ({seeds} seeds)"
         if pairs:
@@ -452,15 +454,6 @@ def operator_choices(rows, folders) -> list[str]:
             lines.append(f"{head}, mutation replies: the prompt's example move itself in {example_moves} of {mutations} "
                          f"({100 * example_moves / mutations:.0f}%); replies by number of moves {counts}")
     return lines
-
-
-def _prompt_example(prompt: str):
-    """The example answer a prompt ends with (``... like {JSON}``), or None."""
-    tail = prompt.rstrip().rsplit("like ", 1)
-    try:
-        return json.loads(tail[1]) if len(tail) == 2 else None
-    except ValueError:
-        return None
 
 
 def format_table(rows, dense_ppl, speed, args, folders=()) -> str:

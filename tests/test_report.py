@@ -80,8 +80,10 @@ def test_report_of_three_operators_without_perplexity(run_dir):
     # The LLM's counters as the search counted them: how many of its replies were proposals of its own.
     stats = results["search"]["operators"]["llm"]["report"]["operator_stats"]
     assert stats["distinct"] > 0
-    assert (f"{stats['distinct']} distinct proposals, {stats['repeats']} repeats of an earlier reply and "
-            f"{stats['copies']} copies of a prompt example (dropped); {stats['fallbacks']} fallbacks") in report
+    echoes = stats["example_answers"]
+    assert (f"{stats['distinct']} distinct proposals (of them the prompt's own example answer: {echoes['mutate']} "
+            f"moves, {echoes['crossover']} crossovers), {stats['repeats']} repeats of an earlier reply and "
+            f"{stats['copies']} copies of an example shape (dropped); {stats['fallbacks']} fallbacks") in report
     assert "perplexity" not in report.split("## Dense vs pruned", 1)[1].split("## Budget", 1)[0]
     assert "> warning: perplexity skipped" in report
     assert f"| parameters | {results['models']['dense']['params']:,} | {results['models']['pruned']['params']:,} |" in report

@@ -47,7 +47,7 @@ def test_search_output_says_how_many_llm_proposals_were_new():
              "distinct": 0, "repeats": 0, "copies": 6}
     text = format_report({"operator": "llm", "best_fitness": 1.0, "generations": 0, "achieved": 0.3, "budget": budget,
                           "repairs": {}, "operator_stats": stats})
-    assert "0 distinct" in text and "6 copies of a prompt example" in text
+    assert "0 distinct" in text and "6 copies of an example shape" in text
 
 
 def test_init_flag_is_generated(capsys):

@@ -130,3 +130,29 @@ def test_llm_moves_improve_on_synthetic(space):
                  profiles=p.profiles).run()
     assert res.report["origins"]["llm-mutate"]["evaluated"] == 1
     assert res.report["origins"]["llm-mutate"]["best"] == 1
+
+
+class Echo(ChatBackend):
+    """A model that answers every prompt with the example answer the prompt ends with."""
+
+    name = "echo"
+
+    def chat(self, messages, n=1, **kw):
+        prompt = messages[-1]["content"]
+        return [Reply(prompt.rstrip().rsplit("like ", 1)[1], 50, 10) for _ in range(n)]
+
+
+def test_replies_that_are_the_prompts_example_answer_are_counted_and_kept(space):
+    p = synthetic_problem(30)
+    op = LLMOperator(Echo(), settings=LLMSettings(init_share=0.0, share=1.0, batch=4, retries=0))
+    res = Search(space, p.fitness, op, SearchConfig(population=6, generations=2, crossover=4, mutation=4),
+                 profiles=p.profiles).run()
+    st = res.report["operator_stats"]
+    # A crossover prompt is one call for all 4 children: its echoes are one distinct reply and 3 repeats.
+    # A mutation prompt is one call per parent (4 replies): one distinct echo each, the rest repeats.
+    assert st["example_answers"] == {"crossover": 2, "mutate": 2} and st["distinct"] == 4
+    assert st["repeats"] == 12 and st["copies"] == 0
+    assert res.report["origins"]["llm-mutate"]["evaluated"] == 2  # kept: on its parent it is a new genome
+    from selfprune.cli.search import format_report
+
+    assert "of them the prompt's own example answer: 2 moves, 2 crossovers; kept" in format_report(res.report)

@@ -117,6 +117,9 @@ def format_report(report: dict) -> str:
             f"fallbacks {op['fallbacks']}, tokens {op['prompt_tokens']:,} prompt + {op['completion_tokens']:,} completion, "
             f"{op['seconds']:.1f} s"
         )
-        lines.append(f"LLM proposals: {op.get('distinct', 0)} distinct, {op.get('repeats', 0)} repeats of an "
-                     f"earlier reply, {op.get('copies', 0)} copies of a prompt example (both dropped)")
+        echoes = op.get("example_answers") or {}
+        lines.append(f"LLM proposals: {op.get('distinct', 0)} distinct (of them the prompt's own example answer: "
+                     f"{echoes.get('mutate', 0)} moves, {echoes.get('crossover', 0)} crossovers; kept), "
+                     f"{op.get('repeats', 0)} repeats of an earlier reply, {op.get('copies', 0)} copies of an "
+                     "example shape (both dropped)")
     return "\n".join(lines)

@@ -7,8 +7,10 @@ layer j" edits of a parent, a crossover is two parent ids and a segment pattern 
 The prompts carry what an expert would look at: per-layer importance from the calibration pass
 and the history of which moves helped. Replies are parsed tolerantly and then repaired like any
 genome; unusable replies are retried once as a batch, replies that repeat an earlier one or copy
-a prompt example are dropped, and what is still missing comes from the classical operator. Every
-call, reply, failure reason, repeat, copy and fallback is counted and transcribed.
+an example shape are dropped, and what is still missing comes from the classical operator. A move
+or crossover that is the prompt's own example answer is kept (on this parent it is still a new
+genome) and counted. Every call, reply, failure reason, repeat, copy and fallback is counted and
+transcribed.
 
 Slow calls go where they pay: the initial population, a share of each generation's offspring,
 and all mutations while the search is stalled.
@@ -92,8 +94,11 @@ class LLMOperator(Operator):
         self.counters: dict[str, Any] = {
             "calls": 0, "replies": 0, "valid": 0, "invalid": {}, "retries": 0, "fallbacks": 0,
             # Valid replies that said nothing new: the same as an earlier reply to the same prompt,
-            # or a copy of an example the prompt showed. Dropped (the GA fills in) and counted.
+            # or a copy of an example shape the prompt showed. Dropped (the GA fills in) and counted.
             "distinct": 0, "repeats": 0, "copies": 0,
+            # Distinct moves and crossovers that are the prompt's own example answer: kept, counted,
+            # since a small model may answer with the example instead of a choice of its own.
+            "example_answers": {"crossover": 0, "mutate": 0},
             "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0,
             "by_kind": {k: {"replies": 0, "valid": 0} for k in ("initial", "crossover", "mutate")},
         }
@@ -115,7 +120,7 @@ class LLMOperator(Operator):
         return {"counters": self.counters}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.counters = state["counters"]
+        self.counters = {**self.counters, **state["counters"]}  # a checkpoint from before a counter existed
 
     def _ask(self, ctx: Context, kind: str, prompt: str | Callable[[list[str]], str], n: int, max_tokens: int,
              schema: dict, parse: Callable[[str], Proposal], template: list | None = None,
@@ -123,9 +128,11 @@ class LLMOperator(Operator):
         """Ask for ``n`` replies (in batches, with retries) and parse them; returns the new proposals
         that could be read, at most ``n``. ``prompt`` may be a function of the replies accepted so
         far (so a later batch is shown what was already proposed); replies equal to an earlier one
-        or to one of ``examples`` are counted and dropped."""
+        or to one of ``examples`` are counted and dropped; replies equal to the example answer a
+        fixed prompt ends with are counted and kept."""
         out: list[Proposal] = []
         seen = {_canonical(e) for e in examples}
+        answer = None if callable(prompt) else prompt_example(prompt)
         accepted: list[str] = []
         for attempt in range(1 + self.s.retries):
             missing = n - len(out)
@@ -166,7 +173,11 @@ class LLMOperator(Operator):
                         continue
                     seen.add(key)
                     self.counters["distinct"] += 1
-                    outcomes.append("ok" + (f" ({', '.join(prop.events)})" if prop.events else ""))
+                    notes = list(prop.events)
+                    if answer is not None and key == answer and kind in self.counters["example_answers"]:
+                        self.counters["example_answers"][kind] += 1
+                        notes.append("the prompt's example answer")
+                    outcomes.append("ok" + (f" ({', '.join(notes)})" if notes else ""))
                     if len(out) < n:
                         out.append(prop)
                         accepted.append(key)
@@ -357,6 +368,17 @@ def _segment_means(values: np.ndarray, segments: int) -> np.ndarray:
     centers = (np.arange(segments) + 0.5) * values.size / segments - 0.5
     return np.array([part.mean() if part.size else np.interp(c, np.arange(values.size), values)
                      for part, c in zip(np.array_split(values, segments), centers)])
+
+
+def prompt_example(prompt: str) -> str | None:
+    """The example answer a prompt ends with (``... like {JSON}``), canonical, or None."""
+    tail = prompt.rstrip().rsplit("like ", 1)
+    if len(tail) != 2:
+        return None
+    try:
+        return json.dumps(json.loads(tail[1]), sort_keys=True, separators=(",", ":"))
+    except ValueError:
+        return None
 
 
 def _canonical(text: str) -> str:
