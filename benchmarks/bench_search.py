@@ -153,7 +153,18 @@ def main(argv=None) -> int:
     from selfprune.options import PruneOptions, SearchOptions
     from selfprune.pruning.apply import pruned_view
     from selfprune.versions import versions
+    from selfprune.errors import SelfpruneError
+    from selfprune.preflight import check_disjoint
 
+    warnings: list[str] = []
+    try:  # before the model loads: the fitness text must not be the held-out text
+        eval_text = load_eval_text(args.wikitext)
+        check_disjoint(args.calib, eval_text, warnings, field="--calib")
+    except SelfpruneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     arms = [parse_arm(a) for a in args.arms.split(",") if a]
     seeds = [int(x) for x in args.seeds.split(",") if x]
     openai_backend = None
@@ -166,7 +177,6 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     eval_kw = dict(seqlen=args.eval_seqlen, max_windows=args.eval_windows)
-    eval_text = load_eval_text(args.wikitext)
     dense_ppl = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
     print(f"dense held-out ppl {dense_ppl:.2f}", flush=True)
     rows, speed = [], {}

@@ -159,3 +159,15 @@ def test_resume_continues_a_search_killed_before_its_row_was_written(tmp_path, w
     rows = {r["arm"]: r for r in json.loads((other / "results.json").read_text())["rows"]}
     assert set(rows) == {"uniform", "ga-levels@bench"} and rows["ga-levels@bench"]["rates"] == whole["rates"]
     assert rows["ga-levels@bench"]["heldout_ppl"] != pytest.approx(whole["heldout_ppl"])  # other importance, other heads
+
+
+def test_the_evaluation_text_as_fitness_text_is_refused_before_the_model_loads(tmp_path, wikitext_test_path):
+    copy = tmp_path / "calib.txt"
+    copy.write_text(wikitext_test_path.read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_search.py"), "--wikitext",
+                           str(wikitext_test_path), "--calib", str(copy), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"--calib: '{copy}' is the evaluation text itself" in proc.stderr
+    assert not out.exists()

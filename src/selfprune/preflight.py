@@ -67,7 +67,7 @@ def check_run(cfg: RunConfig) -> Preflight:
     pre.out = out
     if cfg.eval.ppl:
         pre.eval_text = resolve_eval_text(cfg.eval.ppl, pre.warnings)
-        _check_disjoint(cfg.prune.calib, pre.eval_text, pre.warnings)
+        check_disjoint(cfg.prune.calib, pre.eval_text, pre.warnings)
     if cfg.recover.enabled:
         cfg.recover.to_recover_options()  # a bad combination fails now, not after the search
         check_source(cfg.recover.data)
@@ -96,7 +96,7 @@ def resolve_eval_text(source: str, warnings: list[str]):
 _CHECKED_SOURCES = ("lambada", "wiki-passages")
 
 
-def _check_disjoint(calib: str, eval_text, warnings: list[str]) -> None:
+def check_disjoint(calib: str, eval_text, warnings: list[str], field: str = "field 'prune.calib'") -> None:
     """Calibration and fitness text must never be the evaluation text, nor contain part of it."""
     path = Path(calib).expanduser()
     if calib in _CHECKED_SOURCES:
@@ -106,11 +106,11 @@ def _check_disjoint(calib: str, eval_text, warnings: list[str]) -> None:
     else:
         return
     if hashlib.sha256(text.encode("utf-8")).hexdigest() == eval_text.sha256:
-        raise SelfpruneError(f"field 'prune.calib': '{calib}' is the evaluation text itself; calibrate (and score "
+        raise SelfpruneError(f"{field}: '{calib}' is the evaluation text itself; calibrate (and score "
                              "fitness) on other text, e.g. lambada")
     overlap = ngram_overlap(text, eval_text.text)
     if overlap.share > REFUSE_SHARE:
-        raise SelfpruneError(f"field 'prune.calib': '{calib}' contains part of the evaluation text (it shares "
+        raise SelfpruneError(f"{field}: '{calib}' contains part of the evaluation text (it shares "
                              f"{overlap.describe()}); calibrate (and score fitness) on other text, e.g. lambada")
     if overlap.shared:
         warnings.append(f"the calibration text '{calib}' shares {overlap.describe()}: a little evaluation text "
