@@ -48,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--arms", default=",".join(DEFAULT_ARMS),
                    help="comma list of NAME=OPERATOR:INIT[:LLM] (or a fixed operator name); llm-openai=llm:seeded:openai "
                         "is added when --openai-model is given")
-    p.add_argument("--seeds", default="0", help="search seeds (comma list); the problem is scored once per ratio")
+    p.add_argument("--seeds", default="0,1,2", help="search seeds (comma list); the problem is scored once per ratio")
     p.add_argument("--max-evals", type=int, default=40, help="fitness evaluations per searching operator")
     p.add_argument("--population", type=int, default=8)
     p.add_argument("--crossover", type=int, default=4)
