@@ -9,7 +9,7 @@ mutation and the LLM:
     random=random:noise          random search around uniform
     ga-noise=ga:noise            the classical GA: noise start, Gaussian mutation
     ga-levels=ga-levels:seeded   GA from the priors (uniform, OWL, importance), level-switch mutation
-    evopress=evopress:seeded     EvoPress as published ((1+lambda), level switches), from the priors
+    evopress=evopress:seeded     EvoPress's search ((1+lambda), level switches), from the priors, on the shared fitness
     llm-null=llm:seeded:random   the LLM operator with a null LLM (random legal template fills)
     llm-self=llm:seeded:self     the LLM operator with the model itself
     (e.g. llm-135m=llm:seeded:local:PATH for another local model as operator)

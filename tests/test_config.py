@@ -115,7 +115,7 @@ def test_invalid_yaml_and_unknown_preset_are_user_errors(tmp_path):
         load_config(bad)
     with pytest.raises(SelfpruneError, match="preset"):
         resolve({"model": "m", "ratio": 0.3, "preset": "huge"})
-    assert set(PRESETS) == {"quick", "paper", "paper-recover"}
+    assert set(PRESETS) == {"quick", "paper", "paper-recover", "evopress"}
     recover = resolve({"model": "m", "ratio": 0.3, "preset": "paper-recover"})
     assert recover.recover.enabled and recover.search.population == resolve(
         {"model": "m", "ratio": 0.3, "preset": "paper"}).search.population
@@ -155,3 +155,15 @@ def test_preflight_falls_back_to_an_offline_text_only_when_asked_for_auto(tmp_pa
     pre = preflight(resolve({**base, "eval": {"ppl": str(wikitext_test_path)}}))
     assert pre.eval_text.source == str(wikitext_test_path.resolve()) and not pre.warnings
     assert not (tmp_path / "run").exists()
+
+
+def test_the_evopress_preset_runs_evopress_as_its_repository_does():
+    from selfprune.evolution.strategies import strategy_config
+
+    s = resolve({"model": "m", "ratio": 0.3, "preset": "evopress"}).search
+    assert (s.operator, s.fitness, s.fitness_samples, s.max_evals) == (["evopress"], "kl", [2, 8, 32], 430)
+    cfg = strategy_config("evopress", s.population, s.generations, s.crossover, s.mutation, s.max_evals,
+                          stage_keep=tuple(s.stage_keep))
+    # lambda 64 offspring per generation; 8 of them survive the first stage, 2 the second, 1 the last.
+    assert cfg.mutation == 64 and cfg.population == 1 and cfg.max_evals == 430
+    assert [round(k * n) for k, n in zip(cfg.stage_keep, (64, 8))] == [8, 2]

@@ -91,6 +91,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bench": {"shapes": [[1, 128], [1, 512], [8, 128]], "decode_batches": [1, 8], "warmup": 2, "repeats": 5},
     },
 }
+# EvoPress's own search settings (IST-DASLab/EvoPress: KL to the dense model, (1+lambda) with lambda 64,
+# survivors 8, 2, 1 on stages of growing token counts, 1:4:16 here as in its smaller scripts) at the
+# paper's budget of 430 evaluations; the comparisons in docs/search.md run every operator on one shared
+# single-stage perplexity fitness instead, so that only the operator differs.
+PRESETS["evopress"] = {"search": {"operator": ["evopress"], "fitness": "kl", "fitness_samples": [2, 8, 32],
+                                  "max_evals": 430}}
 # The paper's run, then distillation toward the dense model on a million tokens (docs/recover.md).
 PRESETS["paper-recover"] = {**PRESETS["paper"], "recover": {"enabled": True, "tokens": 1_000_000}}
 
