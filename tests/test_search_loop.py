@@ -80,11 +80,14 @@ sys.path.insert(0, %r)  # the tests folder, for the synthetic problem
 from selfprune.evolution.genome import GenomeSpace
 from selfprune.evolution.loop import Search, SearchConfig
 from selfprune.evolution.operators.classic import GAOperator
+from selfprune.evolution.llm.backends import make_backend
+from selfprune.evolution.llm.operator import LLMOperator, LLMSettings
 from synthetic import synthetic_problem
 p = synthetic_problem(16, delay=float(sys.argv[2]))
 sp = GenomeSpace.from_problem(p, 0.4)
 cfg = SearchConfig(population=8, generations=12, crossover=3, mutation=3, seed=7)
-Search(sp, p.fitness, GAOperator(), cfg, profiles=p.profiles, out_dir=sys.argv[1]).run(resume=True)
+op = GAOperator() if sys.argv[3] == "ga" else LLMOperator(make_backend("random"), settings=LLMSettings(share=0.5))
+Search(sp, p.fitness, op, cfg, profiles=p.profiles, out_dir=sys.argv[1]).run(resume=True)
 """ % str(Path(__file__).resolve().parent)
 
 
@@ -95,10 +98,17 @@ def _generation(out):
         return -1
 
 
-def test_sigkill_then_resume_reaches_the_same_result(tmp_path):
+def _calls(out):
+    """The transcript's calls without their timings."""
+    lines = [json.loads(line) for line in (out / "transcript.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in call.items() if k != "seconds"} for call in lines]
+
+
+@pytest.mark.parametrize("operator", ["ga", "llm"])
+def test_sigkill_then_resume_reaches_the_same_result(tmp_path, operator):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    subprocess.run([sys.executable, "-c", SCRIPT, str(ref), "0"], check=True)
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(killed), "0.01"])
+    subprocess.run([sys.executable, "-c", SCRIPT, str(ref), "0", operator], check=True)
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(killed), "0.01", operator])
     deadline = time.time() + 120
     while _generation(killed) < 4 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -107,7 +117,7 @@ def test_sigkill_then_resume_reaches_the_same_result(tmp_path):
     proc.wait()
     done = _generation(killed)
     assert 4 <= done < 12
-    subprocess.run([sys.executable, "-c", SCRIPT, str(killed), "0"], check=True)
+    subprocess.run([sys.executable, "-c", SCRIPT, str(killed), "0", operator], check=True)
     a = json.loads((ref / "best.json").read_text())
     b = json.loads((killed / "best.json").read_text())
     assert a["rates"] == b["rates"] and a["fitness"] == b["fitness"]
@@ -117,6 +127,11 @@ def test_sigkill_then_resume_reaches_the_same_result(tmp_path):
     ra = json.loads((ref / "report.json").read_text())["budget"]
     rb = json.loads((killed / "report.json").read_text())["budget"]
     assert ra["evals"] == rb["evals"]  # the generation in flight was redone, not double-counted
+    if operator == "llm":  # the calls of the generation in flight were cut from the transcript, then redone
+        assert _calls(ref) == _calls(killed) and len(_calls(ref)) > 12
+        sa = json.loads((ref / "report.json").read_text())["operator_stats"]
+        sb = json.loads((killed / "report.json").read_text())["operator_stats"]
+        assert {k: v for k, v in sa.items() if k != "seconds"} == {k: v for k, v in sb.items() if k != "seconds"}
 
 
 def test_best_json_loads_as_prune_rates(tmp_path):
