@@ -110,6 +110,24 @@ def test_local_backend_with_the_default_model(default_model):
     assert [r.text for r in a] == [r.text for r in b]  # seeded
 
 
+def test_local_path_backend_loads_another_model_and_answers_as_it_would_in_process(default_model, default_model_dir,
+                                                                                    tmp_path):
+    # local:PATH loads the operator model from a folder; with the same weights and seed it writes what
+    # the model in process writes, template decoding included.
+    from selfprune.evolution.llm.constrained import moves_template
+
+    model, tokenizer = default_model
+    local = make_backend(f"local:{default_model_dir}")
+    assert local.name == f"local:{default_model_dir}" and local.model is not model
+    inproc = make_backend("self", self_model=model, self_tokenizer=tokenizer)
+    for kw in (dict(max_tokens=8), dict(template=moves_template(3, 30))):
+        a = local.chat(MESSAGES, n=2, temperature=0.9, seed=3, **kw)
+        b = inproc.chat(MESSAGES, n=2, temperature=0.9, seed=3, **kw)
+        assert [r.text for r in a] == [r.text for r in b] and all(r.text for r in a)
+    with pytest.raises(SelfpruneError, match="not a model directory"):
+        make_backend(f"local:{tmp_path}")
+
+
 @pytest.mark.slow
 def test_self_operator_runs_a_generation(default_model):
     """The default model as its own operator on a synthetic problem: every reply is counted as
