@@ -92,3 +92,41 @@ def test_no_leading_zeros_or_forbidden_values(tok):
     assert "4" not in allowed('{"moves":[{"from":4,"to":')  # to != from
     assert allowed('{"moves":[{"from":0') == {","}  # "05" is not JSON: after a 0 the slot closes
     assert allowed('{"moves":[{"from":4,"to":5,"part":"mlp","pct":20') == {"}"}  # pct <= 20
+
+
+def test_templates_parse_with_the_default_models_own_tokenizer(default_model_dir):
+    """The same random walks over the real SmolLM2 vocabulary (its multi-digit and multi-character
+    tokens), as the model itself decodes: every reply parses, with nothing coerced."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir)
+    rng = np.random.default_rng(0)
+    space = GenomeSpace.from_problem(synthetic_problem(30), 0.3)
+
+    def replies(template, n=60):
+        dec = TemplateDecoder(tok, template)
+        out = []
+        for _ in range(n):
+            ids = []
+            for _ in range(400):
+                t = int(rng.choice(dec.allowed(tok.decode(ids))))
+                if t == tok.eos_token_id:
+                    break
+                ids.append(t)
+            else:
+                raise AssertionError(f"no end: {tok.decode(ids)!r}")
+            out.append(tok.decode(ids))
+        return out
+
+    counts = set()
+    for text in replies(moves_template(3, 30)):
+        moves, events = parse_moves(text, 30, 3)
+        assert not events, (text, events)
+        counts.add(len(moves))
+    assert counts == {1, 2, 3}
+    for text in replies(crossover_template(5, 8)):
+        a, b, take, events = parse_crossover(text, 8, 5)
+        assert a != b and len(take) == 5 and not events
+    for text in replies(shape_template(5, False, 0, 90)):
+        vec, events = parse_shape(text, space, 5)
+        assert vec.shape == (60,) and not events, (text, events)
