@@ -217,3 +217,16 @@ def test_later_initial_batches_are_shown_what_was_proposed():
     Search(sp, p.fitness, op, SearchConfig(population=8, generations=0, seed=2), profiles=p.profiles).run()
     assert len(backend.prompts) == 2 and "Already proposed" not in backend.prompts[0]
     assert "Already proposed" in backend.prompts[1] and op.counters["distinct"] == 4
+
+
+@pytest.mark.parametrize("init, shown", [("seeded", 4), ("noise", 1)])
+def test_the_initial_prompt_shows_only_the_start_every_operator_gets(init, shown):
+    # Under --init noise the GA starts from uniform and noise: the LLM's prompt then shows uniform alone.
+    p, sp = space_of(target=0.4)
+    backend = Recording()
+    op = LLMOperator(backend, settings=LLMSettings(batch=8, retries=0))
+    Search(sp, p.fitness, op, SearchConfig(population=10, generations=0, init=init), profiles=p.profiles).run()
+    prompt = backend.prompts[0]
+    examples = prompt.split("Example answers", 1)[1].split("Write a new shape", 1)[0]
+    assert examples.count('{"attn"') == shown
+    assert ("OWL" in examples) == (init == "seeded")

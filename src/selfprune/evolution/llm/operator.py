@@ -31,7 +31,7 @@ from selfprune.evolution.llm.backends import ChatBackend
 from selfprune.evolution.llm.constrained import crossover_template, moves_template, shape_template
 from selfprune.evolution.operators.base import Context, Individual, Operator, Proposal
 from selfprune.evolution.operators.classic import GAOperator, tournament
-from selfprune.evolution.operators.seeds import filler, prior_shapes, seed_proposals
+from selfprune.evolution.operators.seeds import filler, seed_proposals
 from selfprune.evolution.llm.replies import ReplyError, extract_json, parse_crossover, parse_moves, parse_shape
 
 
@@ -239,10 +239,10 @@ class LLMOperator(Operator):
         space, k = ctx.space, self.s.points
         heads = seed_proposals(ctx)[:n]
         want = int(round(self.s.init_share * (n - len(heads))))
-        # The examples are the priors of the seeded start (uniform, OWL, importance-derived shapes),
-        # as control points: the prompt carries the same knowledge the other operators start from.
-        examples = tuple(self._format(*self._points(vec, ctx, k), space.joint)
-                         for _, vec in prior_shapes(space, ctx.profiles))
+        # The examples are the head of the shared start as control points (seeded: the priors, i.e.
+        # uniform, OWL and importance-derived shapes; noise: uniform alone), so the prompt carries no
+        # prior the other operators do not start from.
+        examples = tuple(self._format(*self._points(p.vector, ctx, k), space.joint) for p in seed_proposals(ctx))
         lo, hi = space.bounds
         fields = dict(
             num_layers=space.num_layers, target_pct=int(round(100 * space.target)), low_pct=int(round(100 * lo)),
@@ -250,6 +250,7 @@ class LLMOperator(Operator):
             attn_importance=self._importance(ctx, "attn_importance", k),
             mlp_importance=self._importance(ctx, "mlp_importance", k),
             examples="\n".join(examples),
+            example_names="uniform" if ctx.init == "noise" else "uniform, OWL, and shapes from the importance above",
             format='{"rates": [...]}' if space.joint else '{"attn": [...], "mlp": [...]}',
         )
 
