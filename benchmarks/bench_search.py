@@ -415,7 +415,7 @@ def operator_choices(rows, folders) -> list[str]:
     benchmark OUTs). Crossover: how often the parents were the two candidates listed first (the two best; also the
     prompt example's ``"a": 1, "b": 2``) and the most common segment pattern. Mutation: how often a reply was the
     prompt's example move itself, and how many moves the replies made."""
-    from selfprune.evolution.llm.operator import prompt_example
+    from selfprune.evolution.llm.operator import canonical_json, prompt_example
 
     lines = []
     for key, group in by_arm(rows).items():
@@ -451,7 +451,7 @@ def operator_choices(rows, folders) -> list[str]:
                         patterns[take] = patterns.get(take, 0) + 1
                     else:
                         mutations += 1
-                        example_moves += json.dumps(choice, sort_keys=True, separators=(",", ":")) == example
+                        example_moves += canonical_json(choice) == example
                         move_counts[len(moves)] = move_counts.get(len(moves), 0) + 1
         head = f"ratio {key[0]}: {key[1]} ({seeds} seeds)"
         if pairs:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 
 from selfprune.errors import SelfpruneError
 from selfprune.evolution.budget import Budget
-from selfprune.atomic import atomic_write_json, atomic_write_text
+from selfprune.atomic import atomic_write_json
 from selfprune.evolution.transcript import Transcript
 from selfprune.evolution.evaluator import Evaluator
 from selfprune.evolution.genome import Genome, GenomeSpace, RepairStats
@@ -360,8 +361,10 @@ class Search:
         current = self.out_dir / CHECKPOINT
         # Keep the last good one: a torn or corrupted write falls back to it. A current file that is
         # itself unreadable (the one a resume fell back from) must not replace the good previous one.
+        # A rename, not a copy: a kill before the new write leaves no current file, and a resume then
+        # falls back to the previous one, as it does for a torn one.
         if _readable(current)[0] is not None:
-            atomic_write_text(self.out_dir / PREVIOUS, current.read_text())
+            os.replace(current, self.out_dir / PREVIOUS)
         atomic_write_json(current, snap)
         self.budget.add_seconds("checkpoint", time.perf_counter() - t0)
 

@@ -377,14 +377,19 @@ def prompt_example(prompt: str) -> str | None:
     if len(tail) != 2:
         return None
     try:
-        return json.dumps(json.loads(tail[1]), sort_keys=True, separators=(",", ":"))
+        return canonical_json(json.loads(tail[1]))
     except ValueError:
         return None
+
+
+def canonical_json(value: Any) -> str:
+    """A JSON value as one string, independent of spacing and key order."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _canonical(text: str) -> str:
     """A reply's content, independent of spacing and key order (the text itself if no JSON)."""
     try:
-        return json.dumps(extract_json(text), sort_keys=True, separators=(",", ":"))
+        return canonical_json(extract_json(text))
     except ReplyError:
         return text.strip()
