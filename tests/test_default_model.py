@@ -27,3 +27,55 @@ def test_processes_started_together_convert_the_default_model_once(tmp_path):
     converted = tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct"
     assert (converted / "tokenizer.json").exists() and (converted / "config.json").exists()
     assert [p.name for p in converted.parent.iterdir() if ".tmp-" in p.name] == []  # no leftovers
+
+
+def test_a_gguf_file_is_a_model_converted_once(tmp_path, monkeypatch, capfd, default_model):
+    # The default model's own GGUF file passed as MODEL (or as the operator, local:FILE) must give
+    # the default model's weights, converted on the first load only.
+    import shutil
+
+    import torch
+
+    from selfprune.evolution.llm.backends import make_backend
+    from selfprune.models import load_model
+    from selfprune.models.loading import _default_gguf_path, gguf_cache_target
+
+    monkeypatch.setenv("SELFPRUNE_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "smollm2.gguf"
+    shutil.copy(_default_gguf_path(), gguf)
+    capfd.readouterr()
+    model, tokenizer = load_model(str(gguf))
+    assert capfd.readouterr().err.count("converting 'smollm2.gguf'") == 1
+    ids = tokenizer("The cat sat on the mat because", return_tensors="pt").input_ids
+    reference, reference_tokenizer = default_model
+    assert ids.tolist() == reference_tokenizer("The cat sat on the mat because", return_tensors="pt").input_ids.tolist()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
+
+    backend = make_backend(f"local:{gguf}")  # loads the cached copy
+    assert "converting" not in capfd.readouterr().err
+    reply = backend.chat([{"role": "user", "content": "Say hello."}], n=1, max_tokens=8, temperature=0.0)[0]
+    assert backend.name == f"local:{gguf}" and reply.completion_tokens > 0 and reply.text.strip()
+
+    # A changed file is converted again, into a new folder.
+    before = gguf_cache_target(gguf)
+    stat = gguf.stat()
+    os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert gguf_cache_target(gguf) != before and not gguf_cache_target(gguf).exists()
+
+
+def test_a_file_that_is_not_gguf_is_one_clear_error(tmp_path, monkeypatch):
+    import pytest
+
+    from selfprune.errors import SelfpruneError
+    from selfprune.models import load_model
+
+    monkeypatch.setenv("SELFPRUNE_CACHE", str(tmp_path / "cache"))
+    fake = tmp_path / "model.gguf"
+    fake.write_text("not a GGUF file")
+    with pytest.raises(SelfpruneError, match="cannot load the GGUF file .*model.gguf"):
+        load_model(str(fake))
+    other = tmp_path / "weights.bin"
+    other.write_text("x")
+    with pytest.raises(SelfpruneError, match="is a file; pass the directory .* or a .gguf file"):
+        load_model(str(other))

@@ -28,7 +28,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     preset: str = Field("quick", description="quick (minutes on a CPU), paper (Self-Pruner's budget) or paper-recover (paper, then distillation)")
-    model: str = Field(description="a local model directory, a hub id, or 'default' (SmolLM2-135M-Instruct)")
+    model: str = Field(description="a local model directory, a .gguf file, a hub id, or 'default' (SmolLM2-135M-Instruct)")
     ratio: float = Field(description="target fraction of attention/MLP parameters to remove, in [0, 1)")
     seed: int = Field(0, description="seed of calibration sampling, the search and the benchmark")
     device: str | None = Field(None, description="torch device, e.g. cuda (default: cuda when present, else cpu)")

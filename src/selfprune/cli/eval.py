@@ -14,7 +14,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
         help="perplexity and zero-shot accuracy of a model or pruned checkpoint",
-        description="Evaluate a model (a directory, a pruned checkpoint, a hub id, or 'default'): perplexity on "
+        description="Evaluate a model (a directory, a pruned checkpoint, a .gguf file, a hub id, or 'default'): perplexity on "
         "WikiText-2 or a text file, and zero-shot accuracy through lm-evaluation-harness.",
     )
     p.add_argument("model", metavar="MODEL_OR_DIR")

@@ -11,7 +11,7 @@ def register(sub) -> None:
         help="prune a model at a uniform ratio or per-layer rates and save it",
         description="Structured pruning: removes attention heads (GQA-aware) and MLP channels per layer.",
     )
-    p.add_argument("model", metavar="MODEL", help="a local model directory, a hub id, or 'default' (SmolLM2-135M-Instruct)")
+    p.add_argument("model", metavar="MODEL", help="a local model directory, a .gguf file, a hub id, or 'default' (SmolLM2-135M-Instruct)")
     p.add_argument("--ratio", type=float, help="fraction of attention/MLP parameters to remove in every layer, in [0, 1)")
     p.add_argument("--rates", metavar="FILE",
                    help="JSON per-layer rates: a list of numbers, or of {\"attn\": a, \"mlp\": m} (e.g. a search's best.json)")

@@ -26,7 +26,7 @@ def register(sub) -> None:
         "Options come from --config YAML, then flags; --dump-config shows the resolved config.",
     )
     p.add_argument("model", nargs="?", default=argparse.SUPPRESS, metavar="MODEL",
-                   help="a local model directory, a hub id, or 'default' (SmolLM2-135M-Instruct)")
+                   help="a local model directory, a .gguf file, a hub id, or 'default' (SmolLM2-135M-Instruct)")
     p.add_argument("--config", metavar="FILE", help="a run config in YAML (see --dump-config)")
     p.add_argument("--dump-config", metavar="FILE", help="write the resolved config as YAML to FILE ('-': stdout) and exit")
     add_option_flags(p, [path for path in field_paths() if path not in POSITIONAL])

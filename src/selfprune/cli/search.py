@@ -26,7 +26,7 @@ def register(sub) -> None:
                     "perplexity (or KL to dense) of the model pruned at those rates. Options are those of "
                     "`selfprune run` (same names, defaults and presets).",
     )
-    p.add_argument("model", metavar="MODEL", help="a local model directory, a hub id, or 'default' (SmolLM2-135M-Instruct)")
+    p.add_argument("model", metavar="MODEL", help="a local model directory, a .gguf file, a hub id, or 'default' (SmolLM2-135M-Instruct)")
     p.add_argument("--config", metavar="FILE", help="a run config in YAML (its prune and search sections apply)")
     p.add_argument("--resume", action="store_true", help="continue the search checkpointed in DIR")
     add_option_flags(p, TOP_LEVEL + section_paths("search", "prune"))

