@@ -82,7 +82,7 @@ def test_report_of_three_operators_without_perplexity(run_dir):
     assert stats["distinct"] > 0
     echoes = stats["example_answers"]
     assert (f"{stats['distinct']} distinct proposals (of them the prompt's own example answer: {echoes['mutate']} "
-            f"moves, {echoes['crossover']} crossovers), {stats['repeats']} repeats of an earlier reply and "
+            f"moves, {echoes['crossover']} crossovers; kept), {stats['repeats']} repeats of an earlier reply and "
             f"{stats['copies']} copies of an example shape (dropped); {stats['fallbacks']} fallbacks") in report
     assert "perplexity" not in report.split("## Dense vs pruned", 1)[1].split("## Budget", 1)[0]
     assert "> warning: perplexity skipped" in report

@@ -99,6 +99,8 @@ def check_resume(out, cfg) -> None:
 
 
 def format_report(report: dict) -> str:
+    from selfprune.evolution.llm.operator import proposals_summary
+
     b = report["budget"]
     lines = [
         f"operator {report['operator']}: best fitness {report['best_fitness']:.4g} after {report['generations']} "
@@ -117,9 +119,5 @@ def format_report(report: dict) -> str:
             f"fallbacks {op['fallbacks']}, tokens {op['prompt_tokens']:,} prompt + {op['completion_tokens']:,} completion, "
             f"{op['seconds']:.1f} s"
         )
-        echoes = op.get("example_answers") or {}
-        lines.append(f"LLM proposals: {op.get('distinct', 0)} distinct (of them the prompt's own example answer: "
-                     f"{echoes.get('mutate', 0)} moves, {echoes.get('crossover', 0)} crossovers; kept), "
-                     f"{op.get('repeats', 0)} repeats of an earlier reply, {op.get('copies', 0)} copies of an "
-                     "example shape (both dropped)")
+        lines.append(f"LLM: {proposals_summary(op)}")
     return "\n".join(lines)

@@ -3,6 +3,7 @@ spent, and the protocol behind every number."""
 
 from __future__ import annotations
 
+from selfprune.evolution.llm.operator import proposals_summary
 from selfprune.report import tables as t
 
 
@@ -50,15 +51,9 @@ def _search_section(results: dict, histories: dict[str, list[dict]], plots: dict
            if op["report"]["operator_stats"].get("replies")]
     for name, stats in llm:
         valid = stats.get("valid_rate")
-        # Valid replies that repeat an earlier one or copy an example shape are dropped: only the distinct
-        # ones are proposals the LLM made, and of those some may be the prompt's own example answer.
-        echoes = stats.get("example_answers") or {}
         out.append(f"Operator LLM ({stats.get('backend')}): {stats['replies']} replies, "
-                   f"{t.pct(valid) if valid is not None else 'n/a'}% usable; {stats.get('distinct', 0)} distinct "
-                   f"proposals (of them the prompt's own example answer: {echoes.get('mutate', 0)} moves, "
-                   f"{echoes.get('crossover', 0)} crossovers), {stats.get('repeats', 0)} repeats of an earlier reply "
-                   f"and {stats.get('copies', 0)} copies of an example shape (dropped); {stats.get('fallbacks', 0)} "
-                   "fallbacks to the classical operator.")
+                   f"{t.pct(valid) if valid is not None else 'n/a'}% usable; {proposals_summary(stats)}; "
+                   f"{stats.get('fallbacks', 0)} fallbacks to the classical operator.")
         out.append("")
     return out
 

@@ -371,6 +371,17 @@ def _segment_means(values: np.ndarray, segments: int) -> np.ndarray:
                      for part, c in zip(np.array_split(values, segments), centers)])
 
 
+def proposals_summary(stats: dict) -> str:
+    """What the LLM proposed of its own, from the operator's counters: valid replies that repeat an
+    earlier one or copy an example shape are dropped, and of the distinct ones some may be the
+    prompt's own example answer (kept, but not a choice of the model's)."""
+    echoes = stats.get("example_answers") or {}
+    return (f"{stats.get('distinct', 0)} distinct proposals (of them the prompt's own example answer: "
+            f"{echoes.get('mutate', 0)} moves, {echoes.get('crossover', 0)} crossovers; kept), "
+            f"{stats.get('repeats', 0)} repeats of an earlier reply and {stats.get('copies', 0)} copies of an "
+            "example shape (dropped)")
+
+
 def prompt_example(prompt: str) -> str | None:
     """The example answer a prompt ends with (``... like {JSON}``), canonical, or None."""
     tail = prompt.rstrip().rsplit("like ", 1)
