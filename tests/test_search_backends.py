@@ -168,3 +168,28 @@ def test_template_decoding_always_parses(default_model):
     (r,) = backend.chat(ask, n=1, seed=3, template=shape_template(5, False))
     vec, _ = parse_shape(r.text, GenomeSpace(30, 0.3), 5)
     assert vec.shape == (60,)
+
+
+def test_a_server_that_does_not_sample_is_named(served_model, monkeypatch):
+    # `transformers serve` decodes the default model greedily (its generation_config.json has no
+    # do_sample): two requests for the initial population, each with its own seed, get one text.
+    from selfprune.cli.search import format_report
+    from selfprune.evolution.llm.backends import RandomBackend
+
+    base_url, model = served_model
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    p = synthetic_problem(30)
+    space = GenomeSpace.from_problem(p, 0.3)
+    config = SearchConfig(population=6, generations=0, crossover=0, mutation=0)
+    settings = LLMSettings(batch=2, retries=0, temperature=0.8)
+    op = LLMOperator(OpenAIBackend(model, base_url=base_url), settings=settings)
+    res = Search(space, p.fitness, op, config, profiles=p.profiles).run()
+    st = res.report["operator_stats"]
+    assert st["calls"] == 1 and st["replies"] == 2 and st["identical_batches"] == 1
+    assert "in 1 of 1 calls all replies were the same text" in format_report(res.report)
+    assert "the server may not be sampling" in format_report(res.report)
+
+    # The null backend's replies differ: nothing is said.
+    res = Search(space, p.fitness, LLMOperator(RandomBackend(), settings=settings), config, profiles=p.profiles).run()
+    assert res.report["operator_stats"]["identical_batches"] == 0
+    assert "same text" not in format_report(res.report)

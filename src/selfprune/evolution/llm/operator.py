@@ -99,6 +99,9 @@ class LLMOperator(Operator):
             # Distinct moves and crossovers that are the prompt's own example answer: kept, counted,
             # since a small model may answer with the example instead of a choice of its own.
             "example_answers": {"crossover": 0, "mutate": 0},
+            # Batches of two or more replies, sampled with different seeds, that are all the same
+            # text: the LLM is not sampling (a server that decodes greedily) or has collapsed.
+            "identical_batches": 0,
             "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0,
             "by_kind": {k: {"replies": 0, "valid": 0} for k in ("initial", "crossover", "mutate")},
         }
@@ -150,6 +153,8 @@ class LLMOperator(Operator):
                                             seed=seed, schema=schema, template=self._template(template))
                 seconds = time.perf_counter() - t0
                 self.counters["calls"] += 1
+                if len(replies) > 1 and self.s.temperature > 0 and len({r.text.strip() for r in replies}) == 1:
+                    self.counters["identical_batches"] += 1
                 self.counters["seconds"] += seconds
                 outcomes = []
                 for reply in replies:
@@ -379,7 +384,18 @@ def proposals_summary(stats: dict) -> str:
     return (f"{stats.get('distinct', 0)} distinct proposals (of them the prompt's own example answer: "
             f"{echoes.get('mutate', 0)} moves, {echoes.get('crossover', 0)} crossovers; kept), "
             f"{stats.get('repeats', 0)} repeats of an earlier reply and {stats.get('copies', 0)} copies of an "
-            "example shape (dropped)")
+            "example shape (dropped)" + _identical_batches(stats))
+
+
+def _identical_batches(stats: dict) -> str:
+    batches = stats.get("identical_batches", 0)
+    if not batches:
+        return ""
+    said = f"; in {batches} of {stats.get('calls', 0)} calls all replies were the same text, though sampled independently"
+    if str(stats.get("backend", "")).startswith("openai:"):
+        return said + (": the server may not be sampling (`transformers serve` decodes greedily unless the "
+                       "model's generation_config.json sets do_sample: true), or the model gives one answer")
+    return said + ": the model gives one answer to those prompts"
 
 
 def prompt_example(prompt: str) -> str | None:
