@@ -391,7 +391,8 @@ def _identical_batches(stats: dict) -> str:
     batches = stats.get("identical_batches", 0)
     if not batches:
         return ""
-    said = f"; in {batches} of {stats.get('calls', 0)} calls all replies were the same text, though sampled independently"
+    calls = stats.get("calls", 0)
+    said = f"; in {batches} of {calls} calls all replies were the same text, though sampled independently"
     if str(stats.get("backend", "")).startswith("openai:"):
         return said + (": the server may not be sampling (`transformers serve` decodes greedily unless the "
                        "model's generation_config.json sets do_sample: true), or the model gives one answer")
