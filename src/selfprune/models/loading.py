@@ -54,7 +54,7 @@ def _default_gguf_path() -> Path:
 def default_model_dir() -> Path:
     """Directory holding the fp32 safetensors copy of the default model, converted on first use."""
     target = cache_dir() / "models" / DEFAULT_MODEL_NAME
-    if _is_converted(target):
+    if _is_converted(target):  # without looking for the package that holds the GGUF file
         return target
     return _converted(_default_gguf_path(), target, f"the default model {DEFAULT_MODEL_NAME}",
                       {"package": _GGUF_PACKAGE})
@@ -62,10 +62,7 @@ def default_model_dir() -> Path:
 
 def gguf_model_dir(gguf: Path) -> Path:
     """Directory holding the fp32 safetensors copy of a GGUF file, converted on first use."""
-    target = gguf_cache_target(gguf)
-    if _is_converted(target):
-        return target
-    return _converted(gguf.resolve(), target, f"'{gguf.name}'", {})
+    return _converted(gguf.resolve(), gguf_cache_target(gguf), f"'{gguf.name}'", {})
 
 
 def gguf_cache_target(gguf: Path) -> Path:
@@ -77,6 +74,8 @@ def gguf_cache_target(gguf: Path) -> Path:
 
 
 def _converted(gguf: Path, target: Path, label: str, source: dict) -> Path:
+    if _is_converted(target):  # the common case takes no lock
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # Processes started together on a fresh machine (a benchmark's seeds side by side) convert once:
     # without the lock the last one's replace deletes the directory the first is already reading.
