@@ -88,7 +88,7 @@ def test_bad_rates_files(tmp_path, default_model_dir):
     out = tmp_path / "out"
     short = tmp_path / "short.json"
     short.write_text(json.dumps([0.3] * 7))
-    _assert_clean_error(selfprune("prune", "default", "--rates", short, "--out", out), "got 7 rates", out)
+    _assert_clean_error(selfprune("prune", "default", "--rates", short, "--out", out), "gives 7 attention rates", out)
     high = tmp_path / "high.json"
     high.write_text(json.dumps([{"attn": 0.2, "mlp": 1.7}] * 30))
     _assert_clean_error(selfprune("prune", "default", "--rates", high, "--out", out), "outside [0, 1]", out)

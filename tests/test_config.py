@@ -104,7 +104,7 @@ def test_a_non_empty_run_directory_is_refused(tmp_path, capsys):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     assert main(["run", "default", "--ratio", "0.3", "--out", str(out)]) == 2
-    assert "output.dir" in capsys.readouterr().err
+    assert "files selfprune did not write" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 

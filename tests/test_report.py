@@ -112,3 +112,32 @@ def test_report_refuses_folders_that_are_not_runs(tmp_path, run_dir, capsys):
     (run_dir / "search" / "ga" / "history.json").unlink()
     assert main(["report", str(run_dir)]) == 2
     assert "history" in capsys.readouterr().err
+
+
+def test_summary_says_when_no_llm_reply_was_usable():
+    """An LLM search whose every reply was garbage ran on the classical operator alone: the summary
+    must not credit the LLM."""
+    from selfprune.evolution.genome import GenomeSpace
+    from selfprune.evolution.llm.backends import ChatBackend, RandomBackend, Reply
+    from selfprune.evolution.llm.operator import LLMSettings
+    from selfprune.evolution.loop import Search
+    from selfprune.evolution.strategies import make_operator, strategy_config
+    from selfprune.report.summary import _no_llm_note
+    from synthetic import synthetic_problem
+
+    class Garbage(ChatBackend):
+        name = "garbage"
+
+        def chat(self, messages, n=1, **kwargs):
+            return [Reply("I cannot help with pruning rates.") for _ in range(n)]
+
+    problem = synthetic_problem(3)
+    space = GenomeSpace.from_problem(problem, 0.3)
+    notes = {}
+    for backend in (Garbage(), RandomBackend()):
+        operator = make_operator("llm", backend, LLMSettings(share=1.0))
+        result = Search(space, problem.fitness, operator, strategy_config("llm", 4, 2, 2, 2, seed=0),
+                        profiles=problem.profiles).run()
+        results = {"best": {"operator": "llm"}, "search": {"operators": {"llm": {"report": result.report}}}}
+        notes[backend.name] = _no_llm_note(results)
+    assert "no LLM reply was usable" in notes["garbage"] and notes["random"] == ""

@@ -32,6 +32,9 @@ def test_bad_input_fails_fast(argv, message, tmp_path, capsys, monkeypatch):
 
 
 def test_existing_search_needs_resume(tmp_path, capsys):
+    from selfprune.outputs import SEARCH, write_marker
+
+    write_marker(tmp_path, SEARCH, complete=False)
     (tmp_path / "checkpoint.json").write_text(json.dumps({}))
     rc = main(["search", "default", "--ratio", "0.3", "--operator", "ga", "--out", str(tmp_path)])
     assert rc == 2 and "--resume" in capsys.readouterr().err

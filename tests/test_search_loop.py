@@ -70,7 +70,7 @@ def test_resume_in_process_matches(tmp_path):
 
 def test_resume_refuses_other_settings(tmp_path):
     run(GAOperator(), SearchConfig(population=4, generations=1, crossover=2, mutation=2), out=tmp_path)
-    with pytest.raises(SelfpruneError, match="different config"):
+    with pytest.raises(SelfpruneError, match="made with population 4, now 5"):
         run(GAOperator(), SearchConfig(population=5, generations=1, crossover=2, mutation=2), out=tmp_path, resume=True)
 
 

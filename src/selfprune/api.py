@@ -21,24 +21,27 @@ from selfprune.pruning.plan import validate_rates
 from selfprune.runner import run as run_all
 
 
-def _model(model, tokenizer, device, dtype="float32", device_map=None):
+def _model(model, tokenizer, device, dtype="float32", device_map=None, trust_remote_code=False):
     """(model, tokenizer, name): a MODEL name/path is loaded; an in-memory model is used as is."""
     if isinstance(model, str):
-        loaded, tok = load_model(model, device=device, dtype=dtype, device_map=device_map)
+        loaded, tok = load_model(model, device=device, dtype=dtype, device_map=device_map,
+                                 trust_remote_code=trust_remote_code)
         return loaded, tok, model
     return model, tokenizer, None
 
 
 def prune(model, tokenizer=None, ratio: float | None = None, rates=None, options: PruneOptions | None = None,
           seed: int = 0, device: str | None = None, rates_source: str = "rates", progress: bool = True,
-          dtype: str = "float32", device_map: str | dict | None = None, **fields) -> PruneResult:
+          dtype: str = "float32", device_map: str | dict | None = None, trust_remote_code: bool = False,
+          **fields) -> PruneResult:
     """Prune a model (a MODEL name/path, or an in-memory model with its tokenizer).
 
     ``ratio`` prunes every layer's attention and MLP by the same fraction; ``rates`` gives per-layer
     rates instead (a list of numbers, of {"attn": a, "mlp": m}, or an (attn, mlp) pair of lists).
+    ``trust_remote_code``: run the Python code a MODEL ships (see ``load_model``).
     """
     options = options or PruneOptions(**fields)
-    model, tokenizer, name = _model(model, tokenizer, device, dtype, device_map)
+    model, tokenizer, name = _model(model, tokenizer, device, dtype, device_map, trust_remote_code)
     attn_rates = mlp_rates = None
     if rates is not None:
         pair = isinstance(rates, tuple) and len(rates) == 2 and all(isinstance(r, list) for r in rates)
@@ -57,17 +60,18 @@ def prune(model, tokenizer=None, ratio: float | None = None, rates=None, options
 def search(model, ratio: float, tokenizer=None, prune: PruneOptions | None = None,
            options: SearchOptions | None = None, seed: int = 0, out_dir=None, resume: bool = False,
            progress: bool = True, device: str | None = None, dtype: str = "float32",
-           device_map: str | dict | None = None, **fields):
+           device_map: str | dict | None = None, trust_remote_code: bool = False, **fields):
     """Search per-layer rates (see ``selfprune search``); returns a ``SearchOutcome`` whose
     ``best.best.genome.to_rates()`` is what ``prune(rates=...)`` takes."""
     options = options or SearchOptions(**fields)
-    model, tokenizer, _ = _model(model, tokenizer, device, dtype, device_map)
+    model, tokenizer, _ = _model(model, tokenizer, device, dtype, device_map, trust_remote_code)
     return run_search(model, tokenizer, ratio, prune, options, seed=seed, out_dir=out_dir, resume=resume,
-                      progress=progress)
+                      progress=progress, trust_remote_code=trust_remote_code)
 
 
 def evaluate(model, tokenizer=None, options: EvalOptions | None = None, device: str | None = None,
-             dtype: str = "float32", device_map: str | dict | None = None, **fields) -> dict:
+             dtype: str = "float32", device_map: str | dict | None = None, trust_remote_code: bool = False,
+             **fields) -> dict:
     """Perplexity and zero-shot accuracy of a model or checkpoint (see ``selfprune eval``)."""
     options = options or EvalOptions(**fields)
     text = None
@@ -77,13 +81,17 @@ def evaluate(model, tokenizer=None, options: EvalOptions | None = None, device: 
         for warning in warnings:  # e.g. the offline text scored in place of WikiText-2
             logging.getLogger("selfprune").warning(warning)
     tasks = parse_tasks(options.tasks, options.task_source) if options.tasks else []
-    model, tokenizer, _ = _model(model, tokenizer, device, dtype, device_map)
+    model, tokenizer, _ = _model(model, tokenizer, device, dtype, device_map, trust_remote_code)
     return EvalSuite(options, text, tasks)(model, tokenizer)
 
 
-def load_pruned(path: str, device: str | None = None, dtype: str = "float32", device_map: str | dict | None = None):
-    """Load a pruned checkpoint (or any model) as (model, tokenizer)."""
-    return load_model(path, device=device, dtype=dtype, device_map=device_map)
+def load_pruned(path: str, device: str | None = None, dtype: str = "float32", device_map: str | dict | None = None,
+                trust_remote_code: bool = False):
+    """Load a pruned checkpoint (or any model) as (model, tokenizer).
+
+    A pruned checkpoint is built by the installed selfprune code, never by its own modeling file;
+    ``trust_remote_code`` is only for other models that ship code."""
+    return load_model(path, device=device, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code)
 
 
 def run(model: str | None = None, ratio: float | None = None, out: str | None = None, config=None, **sections):

@@ -25,7 +25,7 @@ from selfprune.options import (FIELD_TAG, BenchOptions, EvalOptions, OutputOptio
 class RunConfig(BaseModel):
     """Everything a run needs; ``model`` and ``ratio`` have no default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     preset: str = Field("quick", description="quick (minutes on a CPU), paper (Self-Pruner's budget) or paper-recover (paper, then distillation)")
     model: str = Field(description="a local model directory, a .gguf file, a hub id, or 'default' (SmolLM2-135M-Instruct)")
@@ -36,6 +36,8 @@ class RunConfig(BaseModel):
         "float32", description="weights' dtype: float32, bfloat16 (GPUs), float16, or auto (the checkpoint's own)")
     device_map: str | None = Field(None, description="shard the model over the visible GPUs (auto, balanced, sequential; "
                                    "the CPU as a last resort) or a JSON file of module -> device; replaces device")
+    trust_remote_code: bool = Field(False, description="run Python code that the model ships (named by its config's "
+                                    "auto_map); selfprune's pruned checkpoints never need it")
     prune: PruneOptions = PruneOptions()
     search: SearchOptions = SearchOptions()
     eval: EvalOptions = EvalOptions()
@@ -115,6 +117,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise SelfpruneError(f"config file '{path}' not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SelfpruneError(f"config file '{path}' is not UTF-8 text; pass a YAML file "
+                             "(selfprune run --dump-config FILE writes one)") from None
+    except OSError as exc:
+        raise SelfpruneError(f"cannot read config file '{path}' ({exc.strerror}); pass a readable YAML file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -131,7 +138,7 @@ def resolve(file_data: dict[str, Any] | None = None, overrides: dict[str, Any] |
     """Defaults < preset < YAML data < overrides (nested dicts of the same shape) -> RunConfig."""
     data = merge(file_data or {}, overrides or {})
     preset = data.get("preset", "quick")
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise SelfpruneError(f"config field 'preset': unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
     try:
         return RunConfig.model_validate(merge(PRESETS[preset], data))

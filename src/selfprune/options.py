@@ -51,7 +51,8 @@ def _names(values) -> tuple[str, ...]:
 
 
 class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No option takes inf or nan: inf passes one-sided bounds (gt=0) and nan every hand-written range check.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PruneOptions(Options):

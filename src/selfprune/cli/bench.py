@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from selfprune.cli.eval import add_trust_flag
 from selfprune.errors import SelfpruneError
 
 
@@ -32,6 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--device-map", default=None, metavar="auto|FILE",
                    help="shard the model over the visible GPUs (auto, balanced, sequential), CPU last; replaces --device")
     p.add_argument("--json", metavar="FILE", help="write the measurements, protocol and versions here")
+    add_trust_flag(p)
     p.set_defaults(handler=run_bench)
 
 
@@ -61,7 +63,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from selfprune.atomic import atomic_write_json
     from selfprune.cli.eval import check_writable
     from selfprune.versions import versions
-    from selfprune.models.loading import resolve_model_path
+    from selfprune.models.loading import check_remote_code, resolve_model_path
 
     for name in ("repeats", "decode_tokens"):
         if getattr(args, name) < 1:
@@ -76,6 +78,8 @@ def run_bench(args: argparse.Namespace) -> int:
         raise SelfpruneError(f"'{args.pruned}' does not record its dense model; pass --baseline MODEL (e.g. 'default')")
     if args.json:
         check_writable(args.json)
+    for name in (args.pruned, baseline):  # neither model loads if one of them would run code not trusted
+        check_remote_code(resolve_model_path(name), args.trust_remote_code, name)
 
     import torch
 
@@ -83,7 +87,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from selfprune.models import load_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    place = dict(device=None if args.device_map else device, dtype=args.dtype, device_map=args.device_map)
+    place = dict(device=None if args.device_map else device, dtype=args.dtype, device_map=args.device_map,
+                 trust_remote_code=args.trust_remote_code)
     dense, _ = load_model(baseline, **place)
     pruned, _ = load_model(args.pruned, **place)
     result = speed({"dense": dense, "pruned": pruned}, prefill_shapes=shapes, decode_batches=batches,

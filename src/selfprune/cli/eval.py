@@ -36,7 +36,14 @@ def register(subparsers) -> None:
     p.add_argument("--device-map", default=None, metavar="auto|FILE",
                    help="shard the model over the visible GPUs (auto, balanced, sequential), CPU last; replaces --device")
     p.add_argument("--json", metavar="FILE", help="write the results, protocol and versions here")
+    add_trust_flag(p)
     p.set_defaults(handler=run_eval)
+
+
+def add_trust_flag(p) -> None:
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run Python code that the model ships (named by its config's auto_map); selfprune's pruned "
+                        "checkpoints never need it")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -64,7 +71,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model(args.model, device=None if args.device_map else device, dtype=args.dtype,
-                                  device_map=args.device_map)
+                                  device_map=args.device_map, trust_remote_code=args.trust_remote_code)
     report = {"model": args.model, "device": device, "versions": versions()}
     if text is not None:
         from selfprune.eval.perplexity import perplexity
@@ -100,6 +107,8 @@ def format_zeroshot_table(result: dict) -> str:
 
 
 def check_writable(path: str) -> None:
+    if Path(path).expanduser().is_dir():
+        raise SelfpruneError(f"--json {path} is a directory; pass a file name, e.g. {Path(path) / 'eval.json'}")
     parent = Path(path).expanduser().resolve().parent
     if not parent.is_dir():
         raise SelfpruneError(f"cannot write --json {path}: folder {parent} does not exist")

@@ -16,7 +16,8 @@ def register(subparsers) -> None:
         "exactly is refused (exit 2) and no file is written. See docs/export.md.",
     )
     p.add_argument("pruned", metavar="PRUNED_DIR", help="a selfprune checkpoint, or a dense model directory")
-    p.add_argument("--gguf", required=True, metavar="OUT.gguf", help="the GGUF file to write")
+    p.add_argument("--gguf", required=True, metavar="OUT.gguf", help="the GGUF file to write (a new file)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing GGUF file at --gguf")
     # Checked by export_gguf, so a wrong value ends as one "selfprune: error:" line like every other mistake.
     p.add_argument("--outtype", default="f16", metavar="|".join(OUTTYPES),
                    help="weight type: f32, f16 (default), bf16, q8_0; norms and biases stay f32")
@@ -26,7 +27,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from selfprune.export.gguf import export_gguf
 
-    summary = export_gguf(args.pruned, args.gguf, outtype=args.outtype)
+    summary = export_gguf(args.pruned, args.gguf, outtype=args.outtype, overwrite=args.overwrite)
     layers = summary["layers"]
     heads = sum(layer["heads"] for layer in layers)
     ffn = sum(layer["ffn"] for layer in layers)

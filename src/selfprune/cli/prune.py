@@ -15,8 +15,11 @@ def register(sub) -> None:
     p.add_argument("--ratio", type=float, help="fraction of attention/MLP parameters to remove in every layer, in [0, 1)")
     p.add_argument("--rates", metavar="FILE",
                    help="JSON per-layer rates: a list of numbers, or of {\"attn\": a, \"mlp\": m} (e.g. a search's best.json)")
-    add_option_flags(p, section_paths("prune") + ["seed", "device", "dtype", "device_map"])
-    p.add_argument("--out", required=True, metavar="DIR", help="directory for the pruned checkpoint")
+    add_option_flags(p, section_paths("prune") + ["seed", "device", "dtype", "device_map", "trust_remote_code"])
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the pruned checkpoint: new or empty (or a pruned model, with --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the pruned model selfprune wrote in --out earlier (kept until the new one is complete)")
     p.set_defaults(handler=run)
 
 
@@ -64,8 +67,12 @@ def run(args) -> int:
     from selfprune.cli.options import overrides_from
     from selfprune.config import section_options, top_level_value
     from selfprune.errors import SelfpruneError
+    from selfprune.models.loading import resolve_model_path
+    from selfprune.outputs import same_path
     from selfprune.pruning.checkpoint import prepare_out_dir
-    from selfprune.pruning.pipeline import check_ratio, read_rates
+    from selfprune.data.calibration import check_calib
+    from selfprune.pruning.metrics import get_metric
+    from selfprune.pruning.pipeline import check_ratio, check_rates_layers, read_rates
 
     # Validate everything cheap before loading a model.
     if (args.ratio is None) == (args.rates is None):
@@ -88,8 +95,15 @@ def run(args) -> int:
     options = section_options("prune", given.get("prune", {}))
     if args.ratio is not None:
         check_ratio(args.ratio)
+    if get_metric(options.metric).needs_activations or options.compensates():  # the calibration text is read
+        check_calib(options.calib)
     rates = read_rates(args.rates) if args.rates else None
-    prepare_out_dir(args.out)
+    model_path = resolve_model_path(args.model)
+    if rates is not None:
+        check_rates_layers(rates, model_path)
+    if same_path(args.out, model_path):
+        raise SelfpruneError(f"--out '{args.out}' is the model being pruned; write the pruned model elsewhere")
+    prepare_out_dir(args.out, overwrite=args.overwrite)
 
     seed = top_level_value("seed", given.get("seed", 0))
     dtype = top_level_value("dtype", given.get("dtype", "float32"))
@@ -97,9 +111,9 @@ def run(args) -> int:
     if device_map is not None and given.get("device") is not None:
         raise SelfpruneError("give one of --device and --device-map")
     result = prune(args.model, ratio=args.ratio, rates=rates, options=options, seed=seed, device=given.get("device"),
-                   dtype=dtype, device_map=device_map,
-                   rates_source=f"--rates {args.rates}")
-    out = result.save(args.out)
+                   dtype=dtype, device_map=device_map, rates_source=f"--rates {args.rates}",
+                   trust_remote_code=top_level_value("trust_remote_code", given.get("trust_remote_code", False)))
+    out = result.save(args.out, overwrite=args.overwrite)
     print_summary(result.summary)
     print(f"saved to {out}")
     return 0

@@ -21,6 +21,7 @@ def parse_tokens(text: str) -> int:
 
 
 def register(subparsers) -> None:
+    from selfprune.cli.eval import add_trust_flag
     from selfprune.recover.options import DEFAULT_LR, METHODS, PRECISIONS, RecoverOptions
 
     d = RecoverOptions()
@@ -71,6 +72,7 @@ def register(subparsers) -> None:
     p.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha:g})")
     p.add_argument("--lora-dropout", type=float, default=d.lora_dropout, help="LoRA dropout (default 0)")
     p.add_argument("--json", metavar="FILE", help="also write the summary (protocol, curves, versions) here")
+    add_trust_flag(p)
     p.set_defaults(handler=run_recover)
 
 
@@ -89,8 +91,9 @@ def options_from_args(args: argparse.Namespace):
 
 
 def run_recover(args: argparse.Namespace) -> int:
+    from selfprune.cli.bench import recorded_baseline
     from selfprune.cli.eval import check_writable
-    from selfprune.models.loading import resolve_model_path
+    from selfprune.models.loading import check_remote_code, resolve_model_path
     from selfprune.recover import inputs
     from selfprune.recover.data import check_source
 
@@ -110,10 +113,15 @@ def run_recover(args: argparse.Namespace) -> int:
     inputs.check_out_dir(args.out, args.pruned)
     if args.json:
         check_writable(args.json)
+    # Neither model loads if one of them would run code that is not trusted.
+    check_remote_code(path, args.trust_remote_code, args.pruned)
+    teacher = args.teacher or recorded_baseline(path)
+    if teacher and Path(teacher).expanduser().is_dir():
+        check_remote_code(resolve_model_path(teacher), args.trust_remote_code, teacher)
 
     from selfprune.recover.distill import recover
 
-    result = recover(args.pruned, teacher=args.teacher, options=options)
+    result = recover(args.pruned, teacher=args.teacher, options=options, trust_remote_code=args.trust_remote_code)
     out = result.save(args.out)
     print(format_summary(result.summary))
     if args.json:

@@ -29,6 +29,10 @@ def register(sub) -> None:
                    help="a local model directory, a .gguf file, a hub id, or 'default' (SmolLM2-135M-Instruct)")
     p.add_argument("--config", metavar="FILE", help="a run config in YAML (see --dump-config)")
     p.add_argument("--dump-config", metavar="FILE", help="write the resolved config as YAML to FILE ('-': stdout) and exit")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in --out from its last completed stage (same settings)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run selfprune wrote in --out earlier (kept until the new one is complete)")
     add_option_flags(p, [path for path in field_paths() if path not in POSITIONAL])
     p.set_defaults(handler=run)
 
@@ -54,6 +58,6 @@ def run(args) -> int:
     from selfprune.report.summary import summary_text
     from selfprune.runner import execute
 
-    result = execute(cfg, argv=sys.argv[1:])
+    result = execute(cfg, argv=sys.argv[1:], resume=args.resume, overwrite=args.overwrite)
     print(summary_text(result.results, result.dir))
     return 0

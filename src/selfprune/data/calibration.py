@@ -80,12 +80,27 @@ def calibration_text(source: str = "lambada") -> str:
         return _wiki_passages_text()
     if source in CALIBRATION_SOURCES:
         return _hub_text(source)
+    return _file_text(source, "calibration source")
+
+
+def check_calib(calib: str, name: str = "--calib") -> None:
+    """A named source, or a readable, non-empty UTF-8 text file: checked before the model loads.
+    ``name`` is how the error calls the option (a flag, or a config field)."""
+    if calib not in CALIBRATION_SOURCES and not _file_text(calib, name).strip():
+        raise SelfpruneError(f"{name}: '{calib}' is empty; pass a file with text, or one of "
+                             f"{', '.join(CALIBRATION_SOURCES)}")
+
+
+def _file_text(source: str, name: str) -> str:
     path = Path(source).expanduser()
     if not path.is_file():
-        raise SelfpruneError(
-            f"calibration source '{source}' is neither a file nor one of {', '.join(CALIBRATION_SOURCES)}"
-        )
-    return path.read_text(encoding="utf-8")
+        raise SelfpruneError(f"{name}: '{source}' is neither one of {', '.join(CALIBRATION_SOURCES)} nor a text file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SelfpruneError(f"{name}: '{source}' is not UTF-8 text; pass a plain text file") from None
+    except OSError as exc:
+        raise SelfpruneError(f"{name}: cannot read '{source}' ({exc.strerror}); pass a readable text file") from None
 
 
 def token_blocks(

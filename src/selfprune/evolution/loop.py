@@ -93,9 +93,10 @@ def _readable(path: Path) -> tuple[dict[str, Any] | None, str]:
     return snap, ""
 
 
-def read_checkpoint(folder: str | Path) -> dict[str, Any] | None:
+def read_checkpoint(folder: str | Path, quiet: bool = False) -> dict[str, Any] | None:
     """The checkpoint in ``folder`` (None when there is none); an unreadable one falls back to the
-    previous one beside it, said so, and without either it is one clear SelfpruneError."""
+    previous one beside it, said so (unless ``quiet``: a check before the resume itself), and
+    without either it is one clear SelfpruneError."""
     folder = Path(folder)
     ckpt, prev = folder / CHECKPOINT, folder / PREVIOUS
     if not ckpt.exists() and not prev.exists():
@@ -105,7 +106,8 @@ def read_checkpoint(folder: str | Path) -> dict[str, Any] | None:
         return snap
     older, why_prev = _readable(prev)
     if older is not None:
-        print(f"{ckpt} is {why}; resuming from {prev} (one generation earlier)", flush=True)
+        if not quiet:
+            print(f"{ckpt} is {why}; resuming from {prev} (one generation earlier)", flush=True)
         return older
     raise SelfpruneError(f"cannot resume: {ckpt} is {why} and {prev.name} is {why_prev}; "
                          "use a new --out folder")
@@ -204,16 +206,18 @@ class Search:
             self._initialise()
             self._checkpoint()
         bar = self._bar()
-        while self.state.generation < self.config.generations and not self.evaluator.exhausted():
-            if self.config.crossover + self.config.mutation == 0:
-                break
-            self._generation()
-            self._checkpoint()
+        try:
+            while self.state.generation < self.config.generations and not self.evaluator.exhausted():
+                if self.config.crossover + self.config.mutation == 0:
+                    break
+                self._generation()
+                self._checkpoint()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(best=f"{self.state.population[0].fitness:.4g}", evals=self.budget.total_evals)
+        finally:  # an error message starts on a line of its own
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(best=f"{self.state.population[0].fitness:.4g}", evals=self.budget.total_evals)
-        if bar is not None:
-            bar.close()
+                bar.close()
         return self._finish()
 
     # ---- generations ------------------------------------------------------------------------
@@ -371,17 +375,10 @@ class Search:
     def _load(self, snap: dict[str, Any]) -> None:
         from selfprune.evolution.operators.base import Move
 
-        mismatch = [name for name, now, then in (
-            ("config", _fixed(self.config.to_json()), _fixed(snap["config"])),
-            ("search space", self.space.to_json(), snap["space"]),
-            ("operator", self.operator.name, snap["operator"]),
-        ) if json.dumps(now, sort_keys=True) != json.dumps(then, sort_keys=True)]
-        if mismatch:
-            raise SelfpruneError(
-                f"the checkpoint in {self.out_dir} was made with a different {', '.join(mismatch)}; "
-                "resume with the same settings, or use a new --out folder"
-            )
-        differs = setup_mismatch(snap["setup"], self.setup())
+        differs = (setup_mismatch(_fixed(snap["config"]), _fixed(self.config.to_json()))
+                   or setup_mismatch(snap["space"], self.space.to_json())
+                   or setup_mismatch({"operator": snap["operator"]}, {"operator": self.operator.name})
+                   or setup_mismatch(snap["setup"], self.setup()))
         if differs:
             raise SelfpruneError(f"the checkpoint in {self.out_dir} was made with {differs}; resume with the same "
                                  "settings, or use a new --out folder")

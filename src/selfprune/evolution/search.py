@@ -67,22 +67,25 @@ class SearchOutcome:
         }
 
 
-def make_chat_backend(options: SearchOptions, model=None, tokenizer=None):
+def make_chat_backend(options: SearchOptions, model=None, tokenizer=None, trust_remote_code: bool = False):
     """The operator LLM's backend: a server, a second local model, or the model being pruned."""
     return make_backend(options.llm, base_url=options.llm_base_url, self_model=model, self_tokenizer=tokenizer,
-                        api_key_env=options.llm_api_key_env, timeout=options.llm_timeout)
+                        api_key_env=options.llm_api_key_env, timeout=options.llm_timeout,
+                        trust_remote_code=trust_remote_code)
 
 
 def search(model, tokenizer, ratio: float, prune: PruneOptions | None = None, options: SearchOptions | None = None,
            seed: int = 0, out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
            backend: Any = None, per_operator_dirs: bool | None = None, meta: dict | None = None,
-           on_operator: Callable[[str], None] | None = None, problem: SearchProblem | None = None) -> SearchOutcome:
+           on_operator: Callable[[str], None] | None = None, problem: SearchProblem | None = None,
+           trust_remote_code: bool = False) -> SearchOutcome:
     """Search per-layer rates of ``model`` at mean rate ``ratio`` with each operator in ``options``.
 
     Each operator writes its checkpoint, history and report into ``out_dir`` (one folder per
     operator when several run, or when ``per_operator_dirs``); ``resume`` continues them.
     ``backend`` is an already checked chat backend for the LLM operator (else one is made).
     ``problem``: one built earlier for the same model, options and seed (scored once, reused).
+    ``trust_remote_code``: a ``local:`` operator model may run the code it ships.
     """
     prune, options = prune or PruneOptions(), options or SearchOptions()
     parallel = options.workers > 1 or options.ray_address is not None
@@ -93,14 +96,14 @@ def search(model, tokenizer, ratio: float, prune: PruneOptions | None = None, op
                if parallel else problem.fitness)
     try:
         return _search(problem, fitness, model, tokenizer, ratio, options, seed, out_dir, resume, progress, backend,
-                       per_operator_dirs, meta, on_operator)
+                       per_operator_dirs, meta, on_operator, trust_remote_code)
     finally:
         if parallel:
             fitness.close()
 
 
 def _search(problem, fitness, model, tokenizer, ratio, options, seed, out_dir, resume, progress, backend,
-            per_operator_dirs, meta, on_operator) -> SearchOutcome:
+            per_operator_dirs, meta, on_operator, trust_remote_code=False) -> SearchOutcome:
     space = GenomeSpace.from_problem(problem, ratio, bounds=(options.min_rate, options.max_rate),
                                      budget=options.budget, joint=options.joint)
     uniform, _ = space.repair(np.full(space.dim, ratio))  # the baseline every search must beat
@@ -116,7 +119,7 @@ def _search(problem, fitness, model, tokenizer, ratio, options, seed, out_dir, r
                                  options.max_evals, max_tokens=options.max_tokens, seed=seed, init=options.init,
                                  stage_keep=tuple(options.stage_keep) if options.stage_keep else None)
         if strategy.uses_llm and backend is None:
-            backend = make_chat_backend(options, model, tokenizer)
+            backend = make_chat_backend(options, model, tokenizer, trust_remote_code)
         operator = strategy.make(backend, LLMSettings(share=options.llm_share))
         folder = (Path(out_dir) / name if split else Path(out_dir)) if out_dir else None
         loop = Search(space, fitness, operator, config, profiles=problem.profiles, out_dir=folder,

@@ -41,11 +41,18 @@ def encode(name: str, t, outtype: str):
     return data.astype(np.float16), Q.F16
 
 
-def check_out_path(out_path: str | os.PathLike) -> Path:
-    """The output file's path, or a SelfpruneError if it cannot be written."""
+def check_out_path(out_path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The output file's path, or a SelfpruneError if it cannot be written. An existing file is
+    replaced only when it is a GGUF file and ``overwrite`` is set; any other file is never touched."""
     out = Path(out_path).expanduser()
     if out.is_dir():
         raise SelfpruneError(f"output '{out}' is a directory; pass a file name such as model.gguf")
+    if out.exists() or out.is_symlink():
+        if not _is_gguf_file(out):
+            raise SelfpruneError(f"output '{out}' exists and is not a GGUF file; nothing is written over it: pass a "
+                                 "new file name such as model.gguf")
+        if not overwrite:
+            raise SelfpruneError(f"output '{out}' already exists; pass --overwrite to replace it, or a new file name")
     parent = out.resolve().parent
     if not parent.is_dir():
         raise SelfpruneError(f"cannot write '{out}': folder {parent} does not exist")
@@ -56,7 +63,16 @@ def check_out_path(out_path: str | os.PathLike) -> Path:
     return out
 
 
-def export_gguf(pruned_dir: str | os.PathLike, out_path: str | os.PathLike, outtype: str = "f16") -> dict:
+def _is_gguf_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return path.is_file() and fh.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def export_gguf(pruned_dir: str | os.PathLike, out_path: str | os.PathLike, outtype: str = "f16",
+                overwrite: bool = False) -> dict:
     """Write ``pruned_dir`` (a selfprune checkpoint or a dense model directory) as a GGUF file.
 
     Returns a summary: path, bytes, outtype, arch, family, tensors, per-layer shapes as written,
@@ -71,7 +87,7 @@ def export_gguf(pruned_dir: str | os.PathLike, out_path: str | os.PathLike, outt
 
     if outtype not in OUTTYPES:
         raise SelfpruneError(f"unknown outtype '{outtype}'; choose one of {', '.join(OUTTYPES)}")
-    out = check_out_path(out_path)
+    out = check_out_path(out_path, overwrite)
     src = ModelSource(pruned_dir, MODEL_TYPES)
     target = target_for(src)  # all structural checks happen here, before anything is written
     n_vocab = int(src.tensor("model.embed_tokens.weight").shape[0])

@@ -84,7 +84,7 @@ def read_vocab(path: str | Path, n_vocab: int) -> Vocab:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        tok = AutoTokenizer.from_pretrained(str(path))
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)  # export runs no model code
     except Exception as exc:  # noqa: BLE001 - any failure here means "no usable tokenizer"
         raise SelfpruneError(f"no usable tokenizer in '{path}' ({str(exc).splitlines()[0][:200]}); "
                              "a GGUF file must carry its tokenizer") from None

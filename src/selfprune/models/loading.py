@@ -126,6 +126,7 @@ def resolve_model_path(model: str) -> str:
                 f"'{model}' is not a model directory (no config.json inside); "
                 "pass a Hugging Face model directory, a .gguf file, a hub id, or 'default'"
             )
+        model_config(path)  # a broken config fails here, in one line, not inside transformers
         return str(path)
     if not _HUB_ID.fullmatch(model):
         raise SelfpruneError(
@@ -171,9 +172,11 @@ def _parse_device_map(device_map):
 
 
 def load_model(model: str, dtype: str | torch.dtype = torch.float32, device: str | None = None,
-               device_map: str | dict | None = None):
+               device_map: str | dict | None = None, trust_remote_code: bool = False):
     """Load (model, tokenizer) for a MODEL argument; pruned selfprune checkpoints load too.
 
+    A pruned checkpoint is built by selfprune's installed code, never by the modeling file inside
+    it. Other code a model ships (its config's ``auto_map``) runs only with ``trust_remote_code``.
     ``device_map`` (``auto``: shard over the visible GPUs, the CPU last) loads through accelerate
     instead of onto one ``device``. A model bigger than ``device``'s free memory stays on the CPU,
     said so; its calibration still runs on ``device``, one layer at a time."""
@@ -181,6 +184,9 @@ def load_model(model: str, dtype: str | torch.dtype = torch.float32, device: str
     from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(model)
+    pruned_class = check_remote_code(path, trust_remote_code, model)
+    if pruned_class is not None:
+        _note_edited_code(Path(path))
     dtype = resolve_dtype(dtype)
     device_map = _parse_device_map(device_map)
     if device_map is not None:
@@ -190,11 +196,20 @@ def load_model(model: str, dtype: str | torch.dtype = torch.float32, device: str
             raise SelfpruneError("--device-map needs accelerate: pip install accelerate") from None
     hf_logging.disable_progress_bar()  # selfprune shows its own progress per stage
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model_obj = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=_is_pruned(path),
-                                                         device_map=device_map)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if pruned_class is not None:
+            model_obj = pruned_class.from_pretrained(path, dtype=dtype, device_map=device_map)
+        else:
+            model_obj = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                             device_map=device_map)
     except OSError as exc:
         raise SelfpruneError(f"could not load model '{model}': {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:
+        if trust_remote_code or "trust_remote_code" not in str(exc):
+            raise
+        # A hub model (or a tokenizer) that needs its own code, which transformers found only now.
+        raise SelfpruneError(f"'{model}' needs to run its own Python code to load; pass --trust-remote-code "
+                             "if you trust it") from None
     if device and device_map is None:
         if _fits(model_obj, device):
             model_obj.to(device)
@@ -232,8 +247,69 @@ def _fits(model, device: str) -> bool:
     return need <= FIT_SHARE * free
 
 
-def _is_pruned(path: str) -> bool:
-    config = Path(path) / "config.json"
-    if not config.exists():
-        return False
-    return "selfprune" in json.loads(config.read_text())
+def model_config(path: str | Path) -> dict:
+    """The config.json of a local model directory, or one line saying why it is unusable."""
+    file = Path(path) / "config.json"
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SelfpruneError(f"'{file}' is not a readable JSON config ({exc}); save the model with "
+                             "save_pretrained, or pass another model") from None
+    auto_map = data.get("auto_map") if isinstance(data, dict) else None
+    # transformers picks the architecture by model_type (or by custom code, for a config of its own)
+    if not isinstance(data, dict) or not (data.get("model_type") or "AutoConfig" in (auto_map or {})):
+        raise SelfpruneError(f"'{file}' names no model_type, so no architecture can be built from it; save the "
+                             "model with save_pretrained, or pass another model")
+    return data
+
+
+def check_remote_code(path: str, trust_remote_code: bool = False, label: str | None = None):
+    """The installed class that builds a selfprune checkpoint at ``path`` (None for any other model).
+
+    Raises, before anything loads, for a local model that asks to run its own code (an ``auto_map``
+    in its config) unless ``trust_remote_code``; a hub model is checked by transformers when it loads."""
+    if not Path(path).is_dir():
+        return None
+    config = model_config(path)
+    auto_map = config.get("auto_map")
+    if not auto_map:
+        return None
+    cls = _selfprune_class(config)
+    if cls is not None:
+        return cls
+    if not trust_remote_code:
+        entries = auto_map.values() if isinstance(auto_map, dict) else [auto_map]
+        names = sorted({str(n) for e in entries for n in (e if isinstance(e, list) else [e]) if n})
+        raise SelfpruneError(f"'{label or path}' asks to run its own Python code ({', '.join(names)}, named by the "
+                             "auto_map in its config.json); pass --trust-remote-code if you trust it")
+    return None
+
+
+def _note_edited_code(path: Path) -> None:
+    from selfprune.pruning.remote_code import is_shipped
+
+    modeling_file = path / "modeling_selfprune.py"
+    if modeling_file.is_file() and not is_shipped(modeling_file):
+        print(f"note: {modeling_file} differs from the modeling file selfprune ships; it was not executed "
+              "(selfprune builds the model with its installed code)", file=sys.stderr, flush=True)
+
+
+def _selfprune_class(config: dict):
+    """The installed class for a config written by ``apply_plan`` (a ``selfprune`` record and an
+    auto_map naming modeling_selfprune.SelfPruned<transformers class>), else None."""
+    auto_map = config.get("auto_map")
+    if "selfprune" not in config or not isinstance(auto_map, dict) or list(auto_map) != ["AutoModelForCausalLM"]:
+        return None
+    module, _, name = str(auto_map["AutoModelForCausalLM"]).partition(".")
+    base = name.removeprefix("SelfPruned")
+    if module != "modeling_selfprune" or base == name:
+        return None
+    import transformers
+    from transformers import PreTrainedModel
+
+    base_class = getattr(transformers, base, None) if base.isidentifier() else None
+    if not (isinstance(base_class, type) and issubclass(base_class, PreTrainedModel)):
+        return None
+    from selfprune.pruning.remote_code import modeling_selfprune
+
+    return getattr(modeling_selfprune, name)

@@ -14,27 +14,25 @@ from pathlib import Path
 
 from selfprune.atomic import atomic_directory
 from selfprune.errors import SelfpruneError
+from selfprune.outputs import PRUNED_MODEL, check_out_dir, write_marker
 from selfprune.pruning.remote_code import modeling_selfprune
 
 REMOTE_CODE_FILE = "modeling_selfprune.py"
 
 
-def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
-    """Check that ``out_dir`` can take a checkpoint before any slow work starts."""
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise SelfpruneError(f"output path '{out}' exists and is a file; pass a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / "config.json").exists():
-            raise SelfpruneError(f"output directory '{out}' is not empty and holds no model; pass a new or empty directory")
-    return out
+def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False, kind: str = PRUNED_MODEL) -> Path:
+    """Check that ``out_dir`` can take a checkpoint before any slow work starts: new, empty, or a
+    ``kind`` selfprune wrote there earlier (replaced only with ``overwrite``)."""
+    return check_out_dir(out_dir, kind, overwrite=overwrite)
 
 
-def save_pruned(model, tokenizer, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write the pruned ``model`` (and tokenizer) to ``out_dir`` atomically: all or nothing."""
+def save_pruned(model, tokenizer, out_dir: str | os.PathLike, extra: dict | None = None, overwrite: bool = False,
+                kind: str = PRUNED_MODEL) -> Path:
+    """Write the pruned ``model`` (and tokenizer) to ``out_dir`` atomically: all or nothing; an
+    earlier checkpoint there stays until the new one is complete."""
     if not getattr(model.config, "selfprune", None):
         raise SelfpruneError("this model carries no pruning record; prune it with selfprune before saving")
-    out = prepare_out_dir(out_dir)
+    out = prepare_out_dir(out_dir, overwrite, kind)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
@@ -42,4 +40,5 @@ def save_pruned(model, tokenizer, out_dir: str | os.PathLike, extra: dict | None
         shutil.copy(modeling_selfprune.__file__, tmp / REMOTE_CODE_FILE)
         if extra:
             (tmp / "selfprune_summary.json").write_text(json.dumps(extra, indent=2))
+        write_marker(tmp, kind)
     return out

@@ -32,10 +32,31 @@ def read_rates(path: str | Path) -> tuple[list[float], list[float]]:
     if not path.is_file():
         raise SelfpruneError(f"rates file '{path}' not found")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SelfpruneError(f"rates file '{path}' is not UTF-8 text; pass a JSON list of per-layer rates") from None
     except json.JSONDecodeError as exc:
-        raise SelfpruneError(f"rates file '{path}' is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    return parse_rates(data, source=str(path))
+        # json's own messages may end in "at" ("Unterminated string starting at"): the position follows it.
+        raise SelfpruneError(f"rates file '{path}' is not valid JSON ({exc.msg.removesuffix(' at')} at line "
+                             f"{exc.lineno}, column {exc.colno})") from None
+    return parse_rates(data, source=f"rates file '{path}'")
+
+
+def check_rates_layers(rates: tuple[list[float], list[float]], model_path: str | Path) -> None:
+    """Per-layer rates (as ``read_rates`` gives) against the layer count in the config.json of the
+    local model directory ``model_path``, before the model loads. Silent when that config cannot be
+    read (a hub id): the count is checked again once the model has loaded."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+        layers = config.get("num_hidden_layers") or config.get("text_config", {}).get("num_hidden_layers")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(layers, int):
+        return
+    for what, values in zip(("attention", "MLP"), rates):
+        if len(values) != layers:
+            raise SelfpruneError(f"--rates gives {len(values)} {what} rates but the model has {layers} layers; "
+                                 "pass one rate per layer (rates found for another model do not fit)")
 
 
 def parse_rates(data, source: str = "rates") -> tuple[list[float], list[float]]:
@@ -59,6 +80,10 @@ def parse_rates(data, source: str = "rates") -> tuple[list[float], list[float]]:
 def _numbers(values, source: str) -> list[float]:
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise SelfpruneError(f"{source}: rates must be numbers")
+    for i, v in enumerate(values):
+        if not 0.0 <= v <= 1.0:  # also NaN, which JSON readers accept
+            raise SelfpruneError(f"{source}: rate {v} for layer {i} is outside [0, 1] "
+                                 "(the share of the layer's attention or MLP to remove)")
     return [float(v) for v in values]
 
 
@@ -70,8 +95,10 @@ class PruneResult:
     scores: ImportanceScores | None
     summary: dict = field(default_factory=dict)
 
-    def save(self, out_dir) -> Path:
-        return save_pruned(self.model, self.tokenizer, out_dir, extra=self.summary)
+    def save(self, out_dir, overwrite: bool = False) -> Path:
+        """The pruned checkpoint in ``out_dir`` (new or empty; an earlier pruned model there only
+        with ``overwrite``)."""
+        return save_pruned(self.model, self.tokenizer, out_dir, extra=self.summary, overwrite=overwrite)
 
 
 def calibration_blocks(tokenizer, calib: str = "lambada", samples: int = 32, seqlen: int = 256, seed: int = 0):

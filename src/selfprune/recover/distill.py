@@ -52,14 +52,16 @@ class RecoverResult:
     state_dir: Path | None = None
     keep_state: bool = False
 
-    def save(self, out_dir) -> Path:
-        """Write a selfprune checkpoint (atomically) whose summary file also holds this run's summary."""
+    def save(self, out_dir, overwrite: bool = False) -> Path:
+        """Write a selfprune checkpoint (atomically) whose summary file also holds this run's summary;
+        an earlier recovered model in ``out_dir`` is replaced only with ``overwrite``."""
+        from selfprune.outputs import RECOVERED_MODEL
         from selfprune.pruning.checkpoint import save_pruned
 
-        out = inputs.check_out_dir(out_dir)
+        out = inputs.check_out_dir(out_dir, overwrite=overwrite)
         summary = {**(self.pruning_summary or {}), "recovery": self.summary}
         try:
-            path = save_pruned(self.model, self.tokenizer, out, extra=summary)
+            path = save_pruned(self.model, self.tokenizer, out, extra=summary, overwrite=overwrite, kind=RECOVERED_MODEL)
         except OSError as exc:
             raise SelfpruneError(f"could not write the recovered checkpoint to '{out}': {exc.strerror or exc}") from None
         if self.state_dir is not None and not self.keep_state:
@@ -189,6 +191,7 @@ def recover(
     options: RecoverOptions | None = None,
     callback: Callable[[dict], None] | None = None,
     exclude_texts=(),
+    trust_remote_code: bool = False,
     **overrides,
 ) -> RecoverResult:
     """Distil a pruned model back toward its dense teacher; return the recovered model and a summary.
@@ -236,7 +239,8 @@ def recover(
         if teacher is None or isinstance(teacher, (str, os.PathLike)):
             teacher_label = inputs.require_teacher_name(student, teacher)
             # On a GPU the teacher only runs forward passes: keep it in the autocast dtype (half the memory).
-            teacher_model, teacher_tokenizer = inputs.load_teacher(teacher_label, dtype=amp_dtype, device=str(device))
+            teacher_model, teacher_tokenizer = inputs.load_teacher(teacher_label, dtype=amp_dtype, device=str(device),
+                                                                    trust_remote_code=trust_remote_code)
         else:
             teacher_model, teacher_label = teacher, "in-memory model"
         inputs.check_tokenizers(student, tokenizer, teacher_model, teacher_tokenizer)

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from selfprune.errors import SelfpruneError
 from selfprune.models.loading import load_model, resolve_model_path
+from selfprune.outputs import RECOVERED_MODEL, same_path
 from selfprune.pruning.checkpoint import prepare_out_dir
 
 
@@ -79,24 +78,14 @@ def check_tokenizers(student, student_tokenizer, teacher, teacher_tokenizer) -> 
             )
 
 
-def load_teacher(name: str, dtype=None, device: str | None = None):
+def load_teacher(name: str, dtype=None, device: str | None = None, trust_remote_code: bool = False):
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    return load_model(name, device=device, **kwargs)
+    return load_model(name, device=device, trust_remote_code=trust_remote_code, **kwargs)
 
 
-def check_out_dir(out: str | os.PathLike, pruned: str | os.PathLike | None = None) -> Path:
-    """A directory the recovered checkpoint can be written to, checked by writing a probe there."""
-    out = prepare_out_dir(out)
-    if pruned is not None and Path(pruned).expanduser().exists():
-        if out.resolve() == Path(pruned).expanduser().resolve():
-            raise SelfpruneError(f"--out '{out}' is the pruned checkpoint itself; write the recovered model elsewhere")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise SelfpruneError(f"cannot write to '{out}': '{parent}' is not a directory")
-    try:  # a real probe: os.access says yes to root on read-only mounts
-        shutil.rmtree(tempfile.mkdtemp(dir=parent, prefix=".selfprune-probe-"))
-    except OSError as exc:
-        raise SelfpruneError(f"cannot write to '{out}': {exc.strerror or exc} in '{parent}'") from None
-    return out
+def check_out_dir(out: str | os.PathLike, pruned: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+    """A folder the recovered checkpoint can be written to: new, empty, or an earlier recovered model
+    (with ``overwrite``); never the pruned checkpoint it starts from."""
+    if pruned is not None and same_path(out, pruned):
+        raise SelfpruneError(f"--out '{out}' is the pruned checkpoint itself; write the recovered model elsewhere")
+    return prepare_out_dir(out, overwrite, RECOVERED_MODEL)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from selfprune.errors import SelfpruneError
 
@@ -47,6 +47,11 @@ class RecoverOptions:
     progress: bool = True
 
     def validate(self) -> "RecoverOptions":
+        # inf and nan slip past the range checks below (nan fails every comparison).
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SelfpruneError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
         if self.method not in METHODS:
             raise SelfpruneError(f"unknown recovery method '{self.method}'; choose one of {', '.join(METHODS)}")
         if not isinstance(self.tokens, int) or self.tokens < 1:

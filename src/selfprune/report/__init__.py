@@ -17,17 +17,30 @@ def load_run(run_dir: str | Path) -> tuple[dict, dict[str, list[dict]]]:
     path = run_dir / "results.json"
     if not path.is_file():
         raise SelfpruneError(f"'{run_dir}' holds no results.json; pass the directory of a `selfprune run`")
+    results = _read_json(path)
     try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SelfpruneError(f"'{path}' is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        operators = {name: op["files"]["history.json"] for name, op in results["search"]["operators"].items()}
+    except (KeyError, TypeError, AttributeError):
+        raise SelfpruneError(f"'{path}' lists no search operators with their history files; pass the directory "
+                             "of a `selfprune run`") from None
     histories = {}
-    for name, op in results["search"]["operators"].items():
-        hist = run_dir / op["files"]["history.json"]
+    for name, file in operators.items():
+        hist = run_dir / file
         if not hist.is_file():
             raise SelfpruneError(f"the search history '{hist}' is missing; the report needs it for the convergence plot")
-        histories[name] = json.loads(hist.read_text())
+        histories[name] = _read_json(hist)
     return results, histories
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SelfpruneError(f"'{path}' is not UTF-8 text; a run writes it as JSON") from None
+    except json.JSONDecodeError as exc:
+        # json's own messages may end in "at" ("Unterminated string starting at"): the position follows it.
+        raise SelfpruneError(f"'{path}' is not valid JSON ({exc.msg.removesuffix(' at')} at line {exc.lineno}, "
+                             f"column {exc.colno})") from None
 
 
 def build_report(run_dir: str | Path) -> Path:

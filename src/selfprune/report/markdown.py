@@ -3,7 +3,7 @@ spent, and the protocol behind every number."""
 
 from __future__ import annotations
 
-from selfprune.evolution.llm.operator import proposals_summary
+from selfprune.evolution.llm.operator import proposals_summary, server_faults_summary
 from selfprune.report import tables as t
 
 
@@ -51,9 +51,11 @@ def _search_section(results: dict, histories: dict[str, list[dict]], plots: dict
            if op["report"]["operator_stats"].get("replies")]
     for name, stats in llm:
         valid = stats.get("valid_rate")
+        faults = server_faults_summary(stats)
         out.append(f"Operator LLM ({stats.get('backend')}): {stats['replies']} replies, "
                    f"{t.pct(valid) if valid is not None else 'n/a'}% usable; {proposals_summary(stats)}; "
-                   f"{stats.get('fallbacks', 0)} fallbacks to the classical operator.")
+                   f"{stats.get('fallbacks', 0)} fallbacks to the classical operator"
+                   + (f"; {faults}." if faults else "."))
         out.append("")
     return out
 

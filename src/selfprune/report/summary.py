@@ -14,7 +14,7 @@ def summary_text(results: dict, run_dir: str | Path) -> str:
         "",
         f"selfprune run: {results['model']} at ratio {results['ratio']:g} -> removed "
         f"{t.pct(prune['achieved_ratio_prunable'])}% of attention+MLP ({t.pct(prune['achieved_ratio_total'])}% of "
-        f"the model), rates from the '{best['operator']}' search "
+        f"the model), rates from the '{best['operator']}' search{_no_llm_note(results)} "
         f"(fitness {t.fitness(best['fitness'])} vs uniform {t.fitness(results['search']['uniform']['fitness'])})",
         "",
         t.text_table(t.comparison_header(results), t.comparison_rows(results)),
@@ -31,3 +31,11 @@ def summary_text(results: dict, run_dir: str | Path) -> str:
         f"results: {run_dir / 'results.json'}",
     ]
     return "\n".join(lines)
+
+
+def _no_llm_note(results: dict) -> str:
+    """An LLM search whose every reply was unusable ran on the classical operator alone: say so."""
+    stats = results["search"]["operators"].get(results["best"]["operator"], {}).get("report", {}).get("operator_stats")
+    if not stats or stats.get("valid", 1):
+        return ""
+    return " (no LLM reply was usable: the classical operator wrote every proposal)"

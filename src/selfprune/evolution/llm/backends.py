@@ -3,16 +3,24 @@ model (by default the model being pruned, which is what makes the search self-pr
 
 Both answer ``chat(messages, n, ...)`` with ``n`` sampled replies and count their tokens; both
 are checked at construction (``check()``), so a wrong URL, model name or key fails at the start.
+A server that fails a request later (any HTTP error, a timeout, a lost connection, a body that is
+not a chat completion or too large) raises ``ServerFault``, which names the kind of fault; the
+operator counts it, retries and falls back (see operator.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 from urllib.parse import urlparse
 
 from selfprune.errors import SelfpruneError
+
+REPLY_CHARS = 16 * 1024  # characters of a reply kept (parsed, transcribed); its full length is recorded
+MAX_BODY = 1 << 20  # bytes of a server's answer read at most: a reply of <= 100 tokens needs a few kB
 
 
 @dataclass
@@ -20,6 +28,26 @@ class Reply:
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    chars: int = -1  # the reply's full length; ``text`` keeps at most REPLY_CHARS of it
+    faults: list[str] = field(default_factory=list)  # faults of a reply that is still usable ("bad_usage")
+
+    def __post_init__(self) -> None:
+        if self.chars < 0:
+            self.chars = len(self.text)
+        self.text = self.text[:REPLY_CHARS]
+
+
+class ServerFault(SelfpruneError):
+    """A request the operator LLM's server failed. ``kind``: ``http_<status>``, ``timeout``,
+    ``connection``, ``not_json``, ``malformed`` or ``oversized``; ``replies``: those of the same
+    call received before it; ``retry``: whether asking again may help."""
+
+    def __init__(self, kind: str, detail: str, replies: list[Reply] | None = None, retry: bool = True):
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+        self.replies = list(replies or [])
+        self.retry = retry
 
 
 class ChatBackend:
@@ -50,7 +78,8 @@ class OpenAIBackend(ChatBackend):
     The key comes from the environment variable ``api_key_env`` (default ``OPENAI_API_KEY``);
     a server on loopback may run without one. Structured output (``response_format`` with a JSON
     schema) is asked for when ``structured`` is set, and dropped for good after the server rejects
-    it once.
+    it once. Chat requests are not retried by the client: the operator retries them and counts
+    each fault.
     """
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
@@ -61,6 +90,8 @@ class OpenAIBackend(ChatBackend):
             raise SelfpruneError("the OpenAI-compatible backend needs the 'openai' package: pip install openai") from None
         self.model = model
         self.base_url = base_url
+        self.where = base_url or "the OpenAI API"
+        self.timeout = timeout
         self.name = f"openai:{model}"
         self.structured = structured
         key = os.environ.get(api_key_env)
@@ -91,8 +122,11 @@ class OpenAIBackend(ChatBackend):
             # chat request then says whether the server, the model name and the key work.
             self._probe(where, exc)
             return
+        except (AttributeError, TypeError, ValueError):  # the client could not read the answer as a model list
+            self._probe(where, ValueError("its answer is not a model list"))
+            return
         if models and self.model not in models:
-            shown = ", ".join(models[:8]) + (" ..." if len(models) > 8 else "")
+            shown = ", ".join(map(str, models[:8])) + (" ..." if len(models) > 8 else "")
             raise SelfpruneError(f"model '{self.model}' is not served at {where}; available: {shown}")
 
     def _probe(self, where: str, models_error: Exception) -> None:
@@ -111,7 +145,11 @@ class OpenAIBackend(ChatBackend):
     def chat(self, messages, n=1, max_tokens=96, temperature=0.8, seed=0, schema=None, template=None):
         replies: list[Reply] = []
         for i in range(n):  # one request per reply: many servers ignore or reject n > 1
-            replies.append(self._one(list(messages), max_tokens, temperature, seed + i, schema))
+            try:
+                replies.append(self._one(list(messages), max_tokens, temperature, seed + i, schema))
+            except ServerFault as fault:
+                fault.replies = replies
+                raise
         return replies
 
     def _one(self, messages, max_tokens, temperature, seed, schema) -> Reply:
@@ -121,19 +159,77 @@ class OpenAIBackend(ChatBackend):
         if schema is not None and self.structured:
             kwargs["response_format"] = {"type": "json_schema",
                                          "json_schema": {"name": "reply", "schema": schema, "strict": True}}
+        # The operator retries and counts faults itself; the body is read as a stream so that an
+        # oversized one is cut at MAX_BODY instead of held whole.
+        create = self.client.with_options(max_retries=0).chat.completions.with_streaming_response.create
+        deadline = time.monotonic() + self.timeout  # the client's timeout is per read; this bounds the whole body
         try:
-            resp = self.client.chat.completions.create(**kwargs)
-        except (o.BadRequestError, o.UnprocessableEntityError):
-            if "response_format" not in kwargs:
-                raise
-            self.structured = False  # the server does not take JSON schemas: use the tolerant parser
-            kwargs.pop("response_format")
-            resp = self.client.chat.completions.create(**kwargs)
+            try:
+                with create(**kwargs) as resp:
+                    body = _read_bounded(resp, deadline)
+            except (o.BadRequestError, o.UnprocessableEntityError):
+                if "response_format" not in kwargs:
+                    raise
+                self.structured = False  # the server does not take JSON schemas: use the tolerant parser
+                kwargs.pop("response_format")
+                with create(**kwargs) as resp:
+                    body = _read_bounded(resp, deadline)
+        except o.APITimeoutError:
+            raise ServerFault("timeout", f"no answer within {self.timeout:g} s", retry=False) from None
         except o.APIConnectionError as exc:
-            raise SelfpruneError(f"lost the LLM server at {self.base_url or 'the OpenAI API'}: {exc}") from None
-        text = (resp.choices[0].message.content or "") if resp.choices else ""
-        usage = getattr(resp, "usage", None)
-        return Reply(text, getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
+            raise ServerFault("connection", _short(exc)) from None
+        except o.APIStatusError as exc:
+            # A client error other than 408 (timeout) and 429 (rate limit) recurs on the same request.
+            status = exc.status_code
+            raise ServerFault(f"http_{status}", " ".join(str(exc).split())[:120],
+                              retry=status >= 500 or status in (408, 429)) from None
+        return _completion(body)
+
+
+def _read_bounded(resp: Any, deadline: float) -> bytes:
+    """The body of a streamed response, at most MAX_BODY bytes, before ``deadline``."""
+    chunks, size = [], 0
+    try:
+        for chunk in resp.iter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise ServerFault("oversized", f"an answer of more than {MAX_BODY:,} bytes")
+            if time.monotonic() > deadline:
+                raise ServerFault("timeout", "the answer did not arrive within the timeout", retry=False)
+    except ServerFault:
+        raise
+    except Exception as exc:  # the HTTP library's own read errors: a stall or a lost connection mid-body
+        kind = "timeout" if any("Timeout" in c.__name__ for c in type(exc).__mro__) else "connection"
+        raise ServerFault(kind, f"reading the answer: {type(exc).__name__}", retry=kind != "timeout") from None
+    return b"".join(chunks)
+
+
+def _completion(body: bytes) -> Reply:
+    """The first choice's text and the token counts of a chat completion, checked field by field:
+    a server's answer is not trusted to have the documented shape."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to read
+        start = " ".join(body[:60].decode("utf-8", "replace").split())
+        raise ServerFault("not_json", f"the answer is not JSON ({len(body):,} bytes: {start!r})") from None
+    if not isinstance(data, dict):
+        data = {}
+    choices = data.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    # No content is an empty reply (a refusal, a tool call), which the parser counts as invalid.
+    if not isinstance(message, dict) or not (content is None or isinstance(content, str)):
+        error = data.get("error")
+        said = f" (it says: {' '.join(str(error)[:100].split())})" if error else ""
+        raise ServerFault("malformed", f"the answer has no choices[0].message.content string{said}")
+    usage = data.get("usage")
+    counts = [usage.get(k, 0) if isinstance(usage, dict) else 0 for k in ("prompt_tokens", "completion_tokens")]
+    faults = []
+    if usage is not None and not all(type(c) is int and c >= 0 for c in counts):
+        faults, counts = ["bad_usage"], [0, 0]  # the text is still usable; only the token counts are lost
+    return Reply(content or "", counts[0], counts[1], faults=faults)
 
 
 def _short(exc: Exception) -> str:
@@ -166,10 +262,10 @@ class LocalBackend(ChatBackend):
             raise SelfpruneError(f"the operator model '{name}' has no chat template; use an instruct/chat model")
 
     @classmethod
-    def from_path(cls, path: str) -> "LocalBackend":
+    def from_path(cls, path: str, trust_remote_code: bool = False) -> "LocalBackend":
         from selfprune.models.loading import load_model
 
-        model, tokenizer = load_model(path)
+        model, tokenizer = load_model(path, trust_remote_code=trust_remote_code)
         return cls(model, tokenizer, name=f"local:{path}")
 
     def _decoder(self, template: Sequence[Any]):
@@ -236,8 +332,10 @@ class RandomBackend(ChatBackend):
 
 
 def make_backend(spec: str, base_url: str | None = None, self_model: Any = None, self_tokenizer: Any = None,
-                 api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0) -> ChatBackend:
-    """``self`` (the model being pruned), ``local:PATH``, ``openai:MODEL`` or ``random`` (null)."""
+                 api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
+                 trust_remote_code: bool = False) -> ChatBackend:
+    """``self`` (the model being pruned), ``local:PATH``, ``openai:MODEL`` or ``random`` (null);
+    ``trust_remote_code`` lets a ``local:`` model run the code it ships."""
     if spec == "random":
         return RandomBackend()
     if spec == "self":
@@ -246,7 +344,7 @@ def make_backend(spec: str, base_url: str | None = None, self_model: Any = None,
         return LocalBackend(self_model, self_tokenizer, name="self")
     kind, _, arg = spec.partition(":")
     if kind == "local" and arg:
-        return LocalBackend.from_path(arg)
+        return LocalBackend.from_path(arg, trust_remote_code)
     if kind == "openai" and arg:
         return OpenAIBackend(arg, base_url=base_url, api_key_env=api_key_env, timeout=timeout)
     raise SelfpruneError(f"unknown --llm '{spec}': use self, local:PATH, openai:MODEL or random")

@@ -12,6 +12,12 @@ or crossover that is the prompt's own example answer is kept (on this parent it 
 genome) and counted. Every call, reply, failure reason, repeat, copy and fallback is counted and
 transcribed.
 
+The server of an OpenAI-compatible backend may fail a request (an HTTP error, a timeout, a body
+that is not a chat completion): each fault is counted by kind, the request is asked again after a
+growing pause a bounded number of times, and a call that still gets nothing is written by the
+classical operator. ``down_after`` such calls in a row stop the search with one line naming
+``--resume`` (the checkpoint keeps every finished generation).
+
 Slow calls go where they pay: the initial population, a share of each generation's offspring,
 and all mutations while the search is stalled.
 """
@@ -27,7 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from selfprune.evolution.llm.backends import ChatBackend
+from selfprune.errors import SelfpruneError
+from selfprune.evolution.llm.backends import ChatBackend, Reply, ServerFault
 from selfprune.evolution.llm.constrained import crossover_template, moves_template, shape_template
 from selfprune.evolution.operators.base import Context, Individual, Operator, Proposal
 from selfprune.evolution.operators.classic import GAOperator, tournament
@@ -54,6 +61,15 @@ class LLMSettings:
     shape_tokens: int = 64
     move_tokens: int = 80
     crossover_tokens: int = 40
+    # Server faults: a failed request is asked again up to server_retries times, after backoff,
+    # 2 * backoff, ... seconds; down_after calls in a row that get no reply stop the search.
+    server_retries: int = 2
+    backoff: float = 0.5
+    down_after: int = 3
+
+
+# Settings that say how to wait for a server, not what the search does: a resume may change them.
+_NOT_SETUP = ("server_retries", "backoff", "down_after")
 
 
 _SHAPE_SCHEMA = {
@@ -104,7 +120,11 @@ class LLMOperator(Operator):
             "identical_batches": 0,
             "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0,
             "by_kind": {k: {"replies": 0, "valid": 0} for k in ("initial", "crossover", "mutate")},
+            # Faulty answers of the server by kind (http_500, timeout, not_json, ...), requests asked
+            # again after one, and calls that got too few replies (the classical operator wrote the rest).
+            "server_faults": {}, "server_retries": 0, "failed_calls": 0,
         }
+        self._down = 0  # calls in a row that got no reply
 
     # ---- bookkeeping ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -117,13 +137,14 @@ class LLMOperator(Operator):
         return out
 
     def setup(self) -> dict[str, Any]:
-        return {"llm": self.backend.name, **{f"llm_{k}": v for k, v in asdict(self.s).items()}}
+        return {"llm": self.backend.name, **{f"llm_{k}": v for k, v in asdict(self.s).items() if k not in _NOT_SETUP}}
 
     def state_dict(self) -> dict[str, Any]:
         return {"counters": self.counters}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.counters = {**self.counters, **state["counters"]}  # a checkpoint from before a counter existed
+        self._down = 0  # a resumed search gives the server a fresh start
 
     def _ask(self, ctx: Context, kind: str, prompt: str | Callable[[list[str]], str], n: int, max_tokens: int,
              schema: dict, parse: Callable[[str], Proposal], template: list | None = None,
@@ -149,8 +170,7 @@ class LLMOperator(Operator):
                 messages = [{"role": "system", "content": self.system}, {"role": "user", "content": text}]
                 seed = int(ctx.rng.integers(2**31))
                 t0 = time.perf_counter()
-                replies = self.backend.chat(messages, n=size, max_tokens=max_tokens, temperature=self.s.temperature,
-                                            seed=seed, schema=schema, template=self._template(template))
+                replies, faults = self._chat(messages, size, max_tokens, seed, schema, self._template(template))
                 seconds = time.perf_counter() - t0
                 self.counters["calls"] += 1
                 if len(replies) > 1 and self.s.temperature > 0 and len({r.text.strip() for r in replies}) == 1:
@@ -162,6 +182,8 @@ class LLMOperator(Operator):
                     self.counters["by_kind"][kind]["replies"] += 1
                     self.counters["prompt_tokens"] += reply.prompt_tokens
                     self.counters["completion_tokens"] += reply.completion_tokens
+                    for fault in reply.faults:
+                        self._count_fault(fault)
                     try:
                         prop = parse(reply.text)
                     except ReplyError as err:
@@ -186,12 +208,60 @@ class LLMOperator(Operator):
                     if len(out) < n:
                         out.append(prop)
                         accepted.append(key)
-                ctx.log({"kind": kind, "backend": self.backend.name, "seed": seed, "prompt": text,
-                         "replies": [r.text for r in replies], "outcomes": outcomes, "seconds": round(seconds, 3),
-                         "prompt_tokens": sum(r.prompt_tokens for r in replies),
-                         "completion_tokens": sum(r.completion_tokens for r in replies)})
+                record = {"kind": kind, "backend": self.backend.name, "seed": seed, "prompt": text,
+                          "replies": [r.text for r in replies], "reply_chars": [r.chars for r in replies],
+                          "outcomes": outcomes, "seconds": round(seconds, 3),
+                          "prompt_tokens": sum(r.prompt_tokens for r in replies),
+                          "completion_tokens": sum(r.completion_tokens for r in replies)}
+                if faults:
+                    record["server_faults"] = [str(f) for f in faults]
+                ctx.log(record)
+                self._down = 0 if replies else self._down + 1
+                if len(replies) < size:  # the server failed the call: the classical operator writes the rest
+                    self._server_failed(faults[-1])
+                    return out
                 missing -= size
         return out
+
+    def _chat(self, messages: list[dict], size: int, max_tokens: int, seed: int, schema: dict,
+              template: list | None) -> tuple[list[Reply], list[ServerFault]]:
+        """Up to ``size`` replies, and the server faults met: after a fault the missing replies are
+        asked again, after a growing pause, up to ``server_retries`` times (a timeout is not: it
+        has already waited the backend's whole timeout)."""
+        replies: list[Reply] = []
+        faults: list[ServerFault] = []
+        for attempt in range(1 + self.s.server_retries):
+            if attempt:
+                self.counters["server_retries"] += 1
+                time.sleep(self.s.backoff * 2 ** (attempt - 1))
+            try:
+                replies += self.backend.chat(messages, n=size - len(replies), max_tokens=max_tokens,
+                                             temperature=self.s.temperature, seed=seed + len(replies),
+                                             schema=schema, template=template)
+                break
+            except ServerFault as fault:
+                replies += fault.replies
+                faults.append(fault)
+                self._count_fault(fault.kind)
+                if not fault.retry:
+                    break
+        return replies, faults
+
+    def _count_fault(self, kind: str) -> None:
+        self.counters["server_faults"][kind] = self.counters["server_faults"].get(kind, 0) + 1
+
+    def _server_failed(self, fault: ServerFault) -> None:
+        """Say that a call failed; after ``down_after`` calls in a row without a reply, stop."""
+        self.counters["failed_calls"] += 1
+        where = getattr(self.backend, "where", self.backend.name)
+        if self._down >= self.s.down_after:
+            fix = ("if it is only slow, raise --llm-timeout" if fault.kind == "timeout"
+                   else "restart or fix the server")
+            raise SelfpruneError(f"the operator LLM server at {where} failed {self._down} calls in a row "
+                                 f"(last: {fault}); {fix}, then run the same command with --resume to continue "
+                                 "from the last finished generation")
+        print(f"operator LLM: the server at {where} failed a call ({fault}); the classical operator writes "
+              "its proposals", flush=True)
 
     def _fill(self, got: list[Proposal], wanted: int, make: Callable[[int], list[Proposal]], kind: str) -> list[Proposal]:
         """Replace what the LLM did not deliver with classical proposals, counted as fallbacks."""
@@ -385,6 +455,17 @@ def proposals_summary(stats: dict) -> str:
             f"{echoes.get('mutate', 0)} moves, {echoes.get('crossover', 0)} crossovers; kept), "
             f"{stats.get('repeats', 0)} repeats of an earlier reply and {stats.get('copies', 0)} copies of an "
             "example shape (dropped)" + _identical_batches(stats))
+
+
+def server_faults_summary(stats: dict) -> str:
+    """The operator LLM server's faults in one sentence, from the operator's counters ("" without any)."""
+    faults = stats.get("server_faults") or {}
+    if not faults:
+        return ""
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(faults.items()))
+    failed = stats.get("failed_calls", 0)
+    return (f"server faults: {kinds}; {stats.get('server_retries', 0)} requests asked again, "
+            f"{failed} call{'' if failed == 1 else 's'} written by the classical operator instead")
 
 
 def _identical_batches(stats: dict) -> str:
