@@ -132,3 +132,5 @@ def test_quiet_run_prints_only_a_one_screen_summary(run_dir):
     assert len(text.splitlines()) < 40  # one screen
     assert re.search(r"parameters\s+134,515,008\s+" + f"{results['models']['pruned']['params']:,}", text)
     assert str(run_dir / "report.md") in text
+    # It ends where the user serves the model: vLLM (with the plugin) and llama.cpp, on this run's files.
+    assert f"vllm serve {run_dir / 'model'}" in text and f"llama-server -m {run_dir / 'model.gguf'}" in text

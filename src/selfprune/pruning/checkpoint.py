@@ -15,6 +15,7 @@ from pathlib import Path
 from selfprune.atomic import atomic_directory
 from selfprune.errors import SelfpruneError
 from selfprune.outputs import PRUNED_MODEL, check_out_dir, write_marker
+from selfprune.pruning.architecture import mark_architecture
 from selfprune.pruning.remote_code import modeling_selfprune
 
 REMOTE_CODE_FILE = "modeling_selfprune.py"
@@ -35,6 +36,7 @@ def save_pruned(model, tokenizer, out_dir: str | os.PathLike, extra: dict | None
     out = prepare_out_dir(out_dir, overwrite, kind)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
+        mark_architecture(tmp)  # after save_pretrained, which writes the base class: vLLM picks the plugin by it
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         shutil.copy(modeling_selfprune.__file__, tmp / REMOTE_CODE_FILE)

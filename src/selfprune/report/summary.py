@@ -28,6 +28,7 @@ def summary_text(results: dict, run_dir: str | Path) -> str:
         f"report:  {run_dir / 'report.md'}",
         *([f"model:   {run_dir / model}"] if model else []),
         *([f"gguf:    {run_dir / gguf}  (llama.cpp / Ollama: see docs/export.md)"] if gguf else []),
+        *(_serve_lines(run_dir, model, gguf) if model else []),
         f"results: {run_dir / 'results.json'}",
     ]
     return "\n".join(lines)
@@ -39,3 +40,13 @@ def _no_llm_note(results: dict) -> str:
     if not stats or stats.get("valid", 1):
         return ""
     return " (no LLM reply was usable: the classical operator wrote every proposal)"
+
+
+def _serve_lines(run_dir: Path, model: str, gguf: str | None) -> list[str]:
+    """Where the pruned model runs: vLLM through selfprune's plugin, llama.cpp through a GGUF file."""
+    gguf_path = run_dir / gguf if gguf else run_dir / "model.gguf"
+    llama = f"llama-server -m {gguf_path}"
+    if not gguf:
+        llama = f"selfprune export {run_dir / model} --gguf {gguf_path} && {llama}"
+    return [f"serve:   vllm serve {run_dir / model}  (needs pip install 'selfprune[vllm]'; docs/serve.md)",
+            f"         {llama}"]
