@@ -140,6 +140,15 @@ def test_a_kill_while_replacing_leaves_one_complete_folder(tmp_path, dense_dir, 
     load_model(str(out))  # complete: it loads
 
 
+def test_an_out_folder_that_cannot_be_written_fails_before_the_work(dense_dir, capsys, monkeypatch):
+    import selfprune.api
+
+    monkeypatch.setattr(selfprune.api, "_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    # /proc takes no new files, even from root (a chmod 555 folder would not stop root).
+    assert main(["prune", str(dense_dir), "--ratio", "0.3", "--out", "/proc/selfprune-test/out"]) == 2
+    _one_line_error(capsys, "cannot write --out")
+
+
 def test_search_never_writes_into_a_model_folder(tmp_path, dense_dir, capsys):
     before = (dense_dir / "config.json").read_text()
     for extra in ([], ["--resume"], ["--overwrite"]):

@@ -110,7 +110,7 @@ def execute(cfg: RunConfig, argv: list[str] | None = None, resume: bool = False,
                 atomic_write_json(work / RESULTS, results)
                 build_report(work)
             except BaseException:
-                log.exception("the run stopped")
+                log.exception("the run stopped", extra={"console": False})  # the screen gets one line
                 raise
         (work / PROGRESS).unlink(missing_ok=True)
         write_marker(work, RUN, complete=True)

@@ -57,7 +57,8 @@ def logging_to(log_path: Path, quiet: bool):
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING)
-    console.addFilter(lambda record: record.name.startswith("selfprune"))
+    # Records marked console=False (a failure's traceback) go to the log file only.
+    console.addFilter(lambda record: record.name.startswith("selfprune") and getattr(record, "console", True))
     saved_level = root.level
     root.addHandler(handler)
     root.addHandler(console)
