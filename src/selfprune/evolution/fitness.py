@@ -1,8 +1,9 @@
 """Fitness of a genome: an objective (``objectives.py``) of the model pruned at its rates, on
 fitness tokens.
 
-Each candidate is built with ``pruned_view`` (slices of the dense weights swapped in and out
-again) and scored with one forward pass of the smaller model. Stages hold growing numbers of
+Each candidate is built with ``PrunedViews`` (views and slices of the dense weights swapped in
+and out again, everything a rate decides computed once) and scored with one forward pass of the
+smaller model; the only host sync is reading the final loss. Stages hold growing numbers of
 fitness blocks for staged selection: stage 0 scores many candidates cheaply, the last stage ranks
 the best on more tokens.
 """
@@ -14,9 +15,8 @@ import torch
 
 from selfprune.evolution.objectives import get_objective
 from selfprune.models.adapter import ModelAdapter
-from selfprune.pruning.apply import pruned_view
 from selfprune.pruning.importance import ImportanceScores
-from selfprune.pruning.plan import make_plan
+from selfprune.pruning.views import PrunedViews
 
 
 class PruningFitness:
@@ -27,10 +27,11 @@ class PruningFitness:
                  bias_compensation: bool = False, batch_size: int = 4):
         self.objective = get_objective(kind)
         self.adapter, self.scores = adapter, scores
-        self.stage_blocks = stage_blocks
         self.attn_granularity, self.mlp_multiple = attn_granularity, mlp_multiple
         self.bias_compensation, self.batch_size = bias_compensation, batch_size
         self.device = next(adapter.model.parameters()).device
+        self.stage_blocks = [b.to(self.device) for b in stage_blocks]  # moved once, not per candidate
+        self.views = PrunedViews(adapter, scores, attn_granularity, mlp_multiple, bias_compensation)
         self._dense_logprobs = [self.dense_logprobs(b) for b in stage_blocks] if self.objective.needs_dense else None
 
     @property
@@ -56,18 +57,19 @@ class PruningFitness:
         return self.adapter.model(batch.to(self.device), use_cache=False).logits[:, :-1].float()
 
     def plan(self, attn, mlp):
-        return make_plan(self.adapter, self.scores.head_scores, self.scores.channel_scores,
-                         np.asarray(attn, dtype=float).tolist(), np.asarray(mlp, dtype=float).tolist(),
-                         self.attn_granularity, self.mlp_multiple)
+        """The plan that prunes the model physically as the candidate ``(attn, mlp)`` is scored."""
+        return self.views.plan(np.asarray(attn, dtype=float).tolist(), np.asarray(mlp, dtype=float).tolist())
 
     @torch.no_grad()
     def __call__(self, attn, mlp, stage: int = 0) -> float:
         blocks = self.stage_blocks[stage]
-        total, count = 0.0, 0
-        with pruned_view(self.adapter, self.plan(attn, mlp), self.scores, self.bias_compensation):
+        losses, count = [], 0
+        with self.views.pruned(np.asarray(attn, dtype=float).tolist(), np.asarray(mlp, dtype=float).tolist()):
             for j, i in enumerate(range(0, len(blocks), self.batch_size)):
                 batch = blocks[i : i + self.batch_size]
                 dense = self._dense_logprobs[stage][j] if self._dense_logprobs else None
-                total += self.objective.batch_sum(self._logits(batch), batch[:, 1:].to(self.device), dense)
+                losses.append(self.objective.batch_loss(self._logits(batch), batch[:, 1:], dense))
                 count += batch.shape[0] * (batch.shape[1] - 1)
+        # The batches' float32 sums added in Python floats, in order: one host sync per candidate.
+        total = sum(torch.stack(losses).cpu().tolist())
         return self.objective.value(total / count)

@@ -18,9 +18,13 @@ class Objective:
     display = "fitness"  # how prompts, plots and reports name the value
     needs_dense = False  # True: the dense model's log-probabilities are computed once, up front
 
-    def batch_sum(self, logits, targets, dense_logprobs=None) -> float:
-        """The summed loss of one batch: ``logits`` (B, S-1, V) float32, ``targets`` (B, S-1)."""
+    def batch_loss(self, logits, targets, dense_logprobs=None):
+        """The summed loss of one batch, a 0-d tensor on the logits' device (no host sync):
+        ``logits`` (B, S-1, V) float32, ``targets`` (B, S-1)."""
         raise NotImplementedError
+
+    def batch_sum(self, logits, targets, dense_logprobs=None) -> float:
+        return float(self.batch_loss(logits, targets, dense_logprobs))
 
     def value(self, mean: float) -> float:
         """The fitness from the mean loss per predicted token."""
@@ -31,9 +35,9 @@ class Perplexity(Objective):
     name = "ppl"
     display = "perplexity"
 
-    def batch_sum(self, logits, targets, dense_logprobs=None) -> float:
+    def batch_loss(self, logits, targets, dense_logprobs=None):
         logp = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1))
-        return -float(logp.sum())
+        return -logp.sum()
 
     def value(self, mean: float) -> float:
         return math.exp(min(mean, 700.0))  # exp overflows past ~709: a hopeless candidate, not a crash
@@ -46,9 +50,9 @@ class KLToDense(Objective):
     display = "KL to dense"
     needs_dense = True
 
-    def batch_sum(self, logits, targets, dense_logprobs=None) -> float:
+    def batch_loss(self, logits, targets, dense_logprobs=None):
         dense = dense_logprobs.float()
-        return float((dense.exp() * (dense - logits.log_softmax(-1))).sum())
+        return (dense.exp() * (dense - logits.log_softmax(-1))).sum()
 
 
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (Perplexity(), KLToDense())}

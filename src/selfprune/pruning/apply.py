@@ -23,7 +23,7 @@ from selfprune.pruning.plan import LayerPlan, PruningPlan
 from selfprune.pruning.remote_code.modeling_selfprune import SkippedAttention, SkippedMLP
 
 
-def _rows(head_ids: list[int], head_dim: int, device) -> torch.Tensor:
+def head_rows(head_ids: list[int], head_dim: int, device) -> torch.Tensor:
     """The weight rows (or columns) of the given heads, head by head."""
     heads = torch.tensor(head_ids, dtype=torch.long).reshape(-1, 1)
     return (heads * head_dim + torch.arange(head_dim)).flatten().to(device)
@@ -52,7 +52,7 @@ def _sliced_linear(old: nn.Linear, rows=None, cols=None, extra_bias=None) -> nn.
     return new
 
 
-def _shallow_copy(module: nn.Module) -> nn.Module:
+def shallow_copy(module: nn.Module) -> nn.Module:
     """A new module object sharing the old one's children, so replacing a child leaves the old intact."""
     new = copy.copy(module)
     new._modules = dict(module._modules)
@@ -78,7 +78,7 @@ def pruned_attention(adapter: ModelAdapter, idx: int, attn: nn.Module, lp: Layer
     device = o_proj.weight.device
     extra = None
     if mean is not None:
-        removed = _removed(o_proj.in_features, _rows(lp.heads, hd, device))
+        removed = _removed(o_proj.in_features, head_rows(lp.heads, hd, device))
         extra = _compensation(o_proj.weight, mean, removed)
     if lp.num_heads == 0:
         bias = o_proj.bias
@@ -89,9 +89,9 @@ def pruned_attention(adapter: ModelAdapter, idx: int, attn: nn.Module, lp: Layer
             with torch.no_grad():
                 skipped.bias.copy_(bias)
         return skipped
-    q_rows = _rows(lp.heads, hd, device)
-    kv_rows = _rows(lp.kv_heads, hd, device)
-    new = _shallow_copy(attn)
+    q_rows = head_rows(lp.heads, hd, device)
+    kv_rows = head_rows(lp.kv_heads, hd, device)
+    new = shallow_copy(attn)
     for role, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows)):
         adapter.set_projection(new, role, _sliced_linear(adapter.projection(attn, role), rows=rows))
     adapter.set_projection(new, "o", _sliced_linear(o_proj, cols=q_rows, extra_bias=extra))
@@ -137,7 +137,7 @@ def pruned_mlp(adapter: ModelAdapter, mlp: nn.Module, lp: LayerPlan, mean=None, 
             with torch.no_grad():
                 skipped.bias.copy_(bias)
         return skipped
-    new = _shallow_copy(mlp)
+    new = shallow_copy(mlp)
     if prefix:
         adapter.set_projection(new, "gate", _prefix_linear(gate, rows=n))
         adapter.set_projection(new, "up", _prefix_linear(up, rows=n))
@@ -151,7 +151,7 @@ def pruned_mlp(adapter: ModelAdapter, mlp: nn.Module, lp: LayerPlan, mean=None, 
     return new
 
 
-def _check_dense(adapter: ModelAdapter) -> None:
+def check_dense(adapter: ModelAdapter) -> None:
     if getattr(adapter.config, "selfprune", None):
         raise SelfpruneError("this model is already pruned; prune the dense model it came from instead")
 
@@ -183,7 +183,7 @@ def _restore(adapter: ModelAdapter, originals) -> None:
 def pruned_view(adapter: ModelAdapter, plan: PruningPlan, scores: ImportanceScores | None = None,
                 bias_compensation: bool = False):
     """Temporarily run ``adapter.model`` as if pruned by ``plan``; the dense model is restored after."""
-    _check_dense(adapter)
+    check_dense(adapter)
     originals = _swap_in(adapter, plan, scores, bias_compensation, views=True)
     try:
         yield adapter.model
@@ -199,7 +199,7 @@ def order_mlp_channels(adapter: ModelAdapter, scores: ImportanceScores) -> Impor
     "keep the n best channels" is the prefix 0..n-1, which ``pruned_view`` serves as views of the
     dense weights: a search candidate's MLPs then cost no copy at all.
     """
-    _check_dense(adapter)
+    check_dense(adapter)
     channel_scores, mlp_means = [], []
     for i in range(adapter.num_layers):
         order = scores.channel_scores[i].argsort(descending=True, stable=True)
@@ -233,7 +233,7 @@ def layer_specs(adapter: ModelAdapter) -> list[dict]:
 def apply_plan(adapter: ModelAdapter, plan: PruningPlan, scores: ImportanceScores | None = None,
                bias_compensation: bool = False) -> nn.Module:
     """Prune ``adapter.model`` in place and record the per-layer sizes in its config."""
-    _check_dense(adapter)
+    check_dense(adapter)
     _swap_in(adapter, plan, scores, bias_compensation)
     config = adapter.config
     config.selfprune = {

@@ -6,9 +6,9 @@ activations. A metric (``selfprune.pruning.metrics``) turns those and the weight
 a head's score sums its head_dim channels of the attention output projection.
 
 Layer by layer (``layerwise``, as FLAP and Wanda do): the inputs of the first decoder layer are
-captured once, then each layer in turn is moved to the device, run on the hidden states of all
-calibration blocks, and moved back, so a model that fits in host memory is scored on a device
-smaller than it. The statistics are merged in the same order, so the scores equal the full pass's.
+captured once, then each layer in turn is streamed to the device (``LayerStream``: the next
+layer's copy overlaps this one's compute, nothing is copied back) and run on the hidden states of
+all calibration blocks, so a model that fits in host memory is scored on a device smaller than it. The statistics are merged in the same order, so the scores equal the full pass's.
 It runs when a ``device`` is given that is not where the model sits; ``load_model`` leaves a
 model that does not fit its device on the CPU and names that device for this pass.
 
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from selfprune.errors import SelfpruneError
 from selfprune.models.adapter import ModelAdapter
+from selfprune.models.streaming import LayerStream
 from selfprune.pruning.metrics import get_metric
 
 OWL_OUTLIER_FACTOR = 5.0
@@ -157,7 +158,6 @@ def _layerwise_pass(adapter: ModelAdapter, blocks: torch.Tensor, batch_size: int
     """The calibration pass one decoder layer at a time on ``device`` (the hooks see the same inputs)."""
     model, layers = adapter.model, list(adapter.layers)
     inside = {id(m) for layer in layers for m in layer.modules()}
-    homes = [next(layer.parameters()).device for layer in layers]
     hidden: list[torch.Tensor] = []
     calls: list[list[tuple[tuple, dict]]] = [[] for _ in layers]  # per layer, per batch: its other arguments
 
@@ -187,14 +187,12 @@ def _layerwise_pass(adapter: ModelAdapter, blocks: torch.Tensor, batch_size: int
         finally:
             for layer in layers:
                 del layer.forward  # back to the class's forward
-        for i, layer in enumerate(tqdm(layers, desc="calibration (by layer)", disable=not progress, leave=False)):
-            layer.to(device)
-            try:
+        stream = LayerStream(layers, device)
+        for i in tqdm(range(len(layers)), desc="calibration (by layer)", disable=not progress, leave=False):
+            with stream.resident(i) as layer:
                 for b, (args, kwargs) in enumerate(calls[i]):
                     out = layer(hidden[b], *args, **kwargs)
                     hidden[b] = out[0] if isinstance(out, tuple) else out
-            finally:
-                layer.to(homes[i])
             calls[i] = []  # free this layer's arguments as we go
     finally:
         _restore(undo)

@@ -26,7 +26,6 @@ from selfprune.models.adapter import ModelAdapter
 from selfprune.pruning.layouts import attention_layouts
 
 
-
 @dataclass
 class LayerPlan:
     heads: list[int]  # kept query heads (dense indices), grouped by kept KV group, in order
@@ -63,35 +62,63 @@ def attention_levels(adapter: ModelAdapter, granularity: str = "head") -> list[f
     return sorted(levels)
 
 
-def _plan_attention(scores: torch.Tensor, adapter: ModelAdapter, rate: float, granularity: str):
-    geo = adapter.geometry()
-    kv, g = adapter.num_kv_heads, adapter.heads_per_group
-    target = (1 - rate) * geo.attn_params(kv, kv * g)
-    by_group = scores.reshape(kv, g)
-    order_in_group = by_group.argsort(dim=1, descending=True)
-    prefix = torch.cumsum(by_group.gather(1, order_in_group), dim=1)  # value of keeping top-m per group
+class AttentionChoices:
+    """Every layout one layer's attention may take, with the heads each keeps, decided once from
+    the layer's head scores: a rate then picks its layout by parameter count alone.
 
-    best = None
-    for k, m in attention_layouts(adapter, granularity):
-        error = abs(geo.attn_params(k, k * m) - target)
-        if k == 0:
-            retained, groups = 0.0, []
-        else:
-            group_values = prefix[:, m - 1]
-            groups = group_values.argsort(descending=True)[:k].sort().values.tolist()
-            retained = float(group_values[groups].sum())
-        key = (round(error, 3), -retained)
-        if best is None or key < best[0]:
-            best = (key, k, m, groups)
-    _, k, m, groups = best
-    heads = [grp * g + int(j) for grp in groups for j in order_in_group[grp, :m].sort().values.tolist()]
-    return heads, groups
+    For each layout (k KV groups, m heads per group) the best m heads of every group stay, and of
+    the groups the k whose kept heads score highest. ``choose(rate)`` is the layout whose
+    parameter count is closest to the requested one, ties broken by the importance it retains.
+    """
+
+    def __init__(self, scores: torch.Tensor, adapter: ModelAdapter, granularity: str = "head"):
+        geo = adapter.geometry()
+        kv, g = adapter.num_kv_heads, adapter.heads_per_group
+        self.dense_params = geo.attn_params(kv, kv * g)
+        by_group = scores.reshape(kv, g)
+        order_in_group = by_group.argsort(dim=1, descending=True)
+        prefix = torch.cumsum(by_group.gather(1, order_in_group), dim=1)  # value of keeping top-m per group
+        self.layouts: list[tuple[int, int]] = attention_layouts(adapter, granularity)
+        self.params: list[int] = []
+        self.retained: list[float] = []
+        self.heads: list[list[int]] = []  # kept query heads (dense indices), grouped by kept KV group
+        self.groups: list[list[int]] = []  # kept KV heads, ascending
+        for k, m in self.layouts:
+            if k == 0:
+                retained, groups = 0.0, []
+            else:
+                group_values = prefix[:, m - 1]
+                groups = group_values.argsort(descending=True)[:k].sort().values.tolist()
+                retained = float(group_values[groups].sum())
+            self.params.append(geo.attn_params(k, k * m))
+            self.retained.append(retained)
+            self.groups.append(groups)
+            self.heads.append([grp * g + int(j) for grp in groups for j in order_in_group[grp, :m].sort().values.tolist()])
+        self._chosen: dict[float, int] = {}
+
+    def choose(self, rate: float) -> int:
+        """The index of the layout for ``rate``."""
+        if rate not in self._chosen:
+            target = (1 - rate) * self.dense_params
+            keys = [(round(abs(p - target), 3), -r) for p, r in zip(self.params, self.retained)]
+            self._chosen[rate] = min(range(len(keys)), key=keys.__getitem__)  # the first of equal keys
+        return self._chosen[rate]
+
+
+def _plan_attention(scores: torch.Tensor, adapter: ModelAdapter, rate: float, granularity: str):
+    choices = AttentionChoices(scores, adapter, granularity)
+    i = choices.choose(rate)
+    return choices.heads[i], choices.groups[i]
+
+
+def mlp_width(rate: float, width: int, multiple: int) -> int:
+    """The MLP channels a layer keeps at ``rate``: (1 - rate) x width, rounded to ``multiple``."""
+    keep = int(round((1 - rate) * width / multiple)) * multiple
+    return max(0, min(width, keep))
 
 
 def _plan_mlp(scores: torch.Tensor, rate: float, multiple: int) -> list[int]:
-    width = scores.numel()
-    keep = int(round((1 - rate) * width / multiple)) * multiple
-    keep = max(0, min(width, keep))
+    keep = mlp_width(rate, scores.numel(), multiple)
     return scores.argsort(descending=True, stable=True)[:keep].sort().values.tolist()
 
 
