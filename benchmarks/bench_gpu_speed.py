@@ -51,20 +51,19 @@ def sync(device):
 
 @torch.no_grad()
 def candidate_vs_dense(model, scores, ratio, tokens, repeats=5):
-    """Seconds of one search candidate (pruned view built + forward) vs one dense forward."""
+    """Seconds of one search candidate (pruned view swapped in + forward) vs one dense forward."""
     from selfprune.models import get_adapter
-    from selfprune.pruning.apply import pruned_view
-    from selfprune.pruning.plan import make_plan
+    from selfprune.pruning.views import PrunedViews
 
     adapter = get_adapter(model)
     n = adapter.num_layers
-    plan = make_plan(adapter, scores.head_scores, scores.channel_scores, [ratio] * n, [ratio] * n)
+    views = PrunedViews(adapter, scores, bias_compensation=True)
     dense_t, cand_t = [], []
     for r in range(repeats + 1):
         sync(tokens.device); t0 = time.perf_counter()
         model(tokens, use_cache=False)
         sync(tokens.device); t1 = time.perf_counter()
-        with pruned_view(adapter, plan):
+        with views.pruned([ratio] * n, [ratio] * n):
             model(tokens, use_cache=False)
         sync(tokens.device); t2 = time.perf_counter()
         if r:  # the first round is warm-up
@@ -75,9 +74,9 @@ def candidate_vs_dense(model, scores, ratio, tokens, repeats=5):
 def main(argv=None):
     from selfprune.eval.speed import format_speed_table, speed
     from selfprune.models import get_adapter
+    from selfprune.options import PruneOptions
     from selfprune.pruning.apply import pruned_view
     from selfprune.pruning.importance import compute_importance
-    from selfprune.options import PruneOptions
     from selfprune.pruning.pipeline import prune_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -116,8 +115,8 @@ def main(argv=None):
         pruned = copy.deepcopy(dense)
         result = prune_model(pruned, None, ratio=ratio, options=PruneOptions(mlp_multiple=args.mlp_multiple),
                              scores=scores, progress=False)
-        with torch.no_grad():
-            with pruned_view(adapter, result.plan):
+        with torch.no_grad():  # the view compensates as the physical pruning did
+            with pruned_view(adapter, result.plan, scores, result.summary["bias_compensation"]):
                 viewed = dense(probe).logits.float()
             physical = pruned(probe).logits.float()
         checks[ratio] = float((viewed - physical).abs().max())

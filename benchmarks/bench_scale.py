@@ -115,7 +115,7 @@ def part_gpu(args, device: str = "cuda") -> dict:
 
     from selfprune.evolution.fitness import PruningFitness
     from selfprune.models.adapter import get_adapter
-    from selfprune.pruning.apply import order_mlp_channels
+    from selfprune.pruning.apply import order_by_importance
     from selfprune.pruning.importance import compute_importance
 
     model = build(args.shape, torch.bfloat16, "cpu")
@@ -132,7 +132,7 @@ def part_gpu(args, device: str = "cuda") -> dict:
     holder = {}
     t, mem = _peak(lambda: holder.update(scores=compute_importance(adapter, calib, "wanda-sp", progress=False)), device)
     out["calibration_full"] = {"s": t, "peak_gib": mem, "tokens": calib.numel()}
-    scores = order_mlp_channels(adapter, holder["scores"])
+    scores = order_by_importance(adapter, holder["scores"])
     blocks = torch.randint(0, vocab, (args.fitness_blocks, args.fitness_seqlen), generator=gen)
     fit = PruningFitness(adapter, scores, [blocks], "ppl", mlp_multiple=64, bias_compensation=True)
     rates = np.full(adapter.num_layers, args.ratio)

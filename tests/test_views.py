@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 from selfprune.errors import SelfpruneError
 from selfprune.evolution.fitness import PruningFitness
 from selfprune.models import get_adapter
-from selfprune.pruning.apply import apply_plan, order_mlp_channels
+from selfprune.pruning.apply import apply_plan, order_by_importance
 from selfprune.pruning.importance import compute_importance
 from selfprune.pruning.views import PrunedViews
 
@@ -25,7 +25,7 @@ def _scored(model, order: bool, metric: str = "flap"):
     adapter = get_adapter(model)
     scores = compute_importance(adapter, torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(1)),
                                 metric, progress=False)
-    return adapter, order_mlp_channels(adapter, scores) if order else scores
+    return adapter, order_by_importance(adapter, scores) if order else scores
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -52,16 +52,32 @@ def test_a_view_equals_the_physically_pruned_model(tiny_model, family, order, co
             assert sum(t.numel() for t in physical.parameters()) < sum(t.numel() for t in model.parameters())
 
 
-def test_ordered_mlps_are_views_and_attention_indices_stay_on_the_device(tiny_model):
-    model = tiny_model("llama")
-    adapter, scores = _scored(model, order=True)
+def _shares(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
+def test_ordering_preserves_the_function_and_makes_candidates_views(tiny_model, family):
+    model = tiny_model(family)
+    x = torch.randint(0, 128, (2, 24))
+    with torch.no_grad():
+        before = model(x).logits
+        adapter, scores = _scored(model, order=True)
+        torch.testing.assert_close(model(x).logits, before, rtol=1e-5, atol=1e-5)
+    for h in scores.head_scores:  # groups by their total, heads within a group: best first
+        by_group = h.reshape(adapter.num_kv_heads, adapter.heads_per_group)
+        assert (by_group[:, :-1] >= by_group[:, 1:]).all() and (by_group.sum(1)[:-1] >= by_group.sum(1)[1:]).all()
     views = PrunedViews(adapter, scores, bias_compensation=True)
-    with views.pruned([0.3] * 3, [0.4] * 3):
-        gate = adapter.mlp(0).gate_proj.weight
-        down = adapter.mlp(0).down_proj.weight
-        assert gate.untyped_storage().data_ptr() == views.layers[0].proj["gate"].weight.untyped_storage().data_ptr()
-        assert down.untyped_storage().data_ptr() == views.layers[0].proj["down"].weight.untyped_storage().data_ptr()
-        assert adapter.mlp(0).down_proj.bias is not None  # the compensation
+    layer = views.layers[0]
+    whole_group = next(i for i, (k, m) in enumerate(layer.choices.layouts) if k == 1 and m == adapter.heads_per_group)
+    rate = 1 - layer.choices.params[whole_group] / layer.choices.dense_params
+    with views.pruned([rate] * 3, [0.4] * 3):
+        attn, mlp = adapter.attention(0), adapter.mlp(0)
+        for block, roles in ((attn, ("q", "k", "v", "o")), (mlp, ("gate", "up", "down"))):
+            for role in roles:  # one whole group, the best, and the best channels: all views
+                assert _shares(adapter.projection(block, role).weight, layer.proj[role].weight), role
+        assert adapter.projection(attn, "q").out_features == adapter.heads_per_group * adapter.head_dim
+        assert mlp.down_proj.bias is not None  # the compensation
     with pytest.raises(SelfpruneError, match="outside"):
         with views.pruned([0.3, 2.0, 0.3], [0.4] * 3):
             pass

@@ -18,7 +18,7 @@ from selfprune.evolution.fitness import PruningFitness
 from selfprune.evolution.objectives import get_objective
 from selfprune.models.adapter import get_adapter
 from selfprune.options import PruneOptions, SearchOptions
-from selfprune.pruning.apply import order_mlp_channels
+from selfprune.pruning.apply import order_by_importance
 from selfprune.pruning.importance import ImportanceScores, compute_importance
 from selfprune.pruning.pipeline import calibration_blocks, check_ratio
 from selfprune.pruning.plan import attention_levels
@@ -62,8 +62,8 @@ def build_search_problem(model, tokenizer, ratio: float, prune: PruneOptions | N
     adapter = get_adapter(model)
     compensate = prune.compensates()
     blocks = calibration_blocks(tokenizer, prune.calib, prune.calib_samples, prune.calib_seqlen, seed)
-    # Best channels first, so that candidates' MLPs are served as views of the dense weights.
-    scores = order_mlp_channels(adapter, compute_importance(adapter, blocks, prune.metric, progress=progress))
+    # Best channels, groups and heads first, so that candidates are mostly views of the dense weights.
+    scores = order_by_importance(adapter, compute_importance(adapter, blocks, prune.metric, progress=progress))
     fitness_all = token_blocks(tokenizer, calibration_text(prune.calib), stages[-1], search.fitness_seqlen,
                                seed=seed + 1, split="second")
     fit = PruningFitness(adapter, scores, [fitness_all[:n] for n in stages], search.fitness,

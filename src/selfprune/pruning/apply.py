@@ -20,7 +20,10 @@ from selfprune.errors import SelfpruneError
 from selfprune.models.adapter import ModelAdapter
 from selfprune.pruning.importance import ImportanceScores
 from selfprune.pruning.plan import LayerPlan, PruningPlan
-from selfprune.pruning.remote_code.modeling_selfprune import SkippedAttention, SkippedMLP
+from selfprune.pruning.remote_code.modeling_selfprune import (
+    SkippedAttention,
+    SkippedMLP,
+)
 
 
 def head_rows(head_ids: list[int], head_dim: int, device) -> torch.Tensor:
@@ -214,6 +217,44 @@ def order_mlp_channels(adapter: ModelAdapter, scores: ImportanceScores) -> Impor
         channel_scores.append(scores.channel_scores[i][order])
         mlp_means.append(scores.mlp_input_mean[i][order.to(scores.mlp_input_mean[i].device)])
     return dataclasses.replace(scores, channel_scores=channel_scores, mlp_input_mean=mlp_means)
+
+
+@torch.no_grad()
+def order_attention_heads(adapter: ModelAdapter, scores: ImportanceScores) -> ImportanceScores:
+    """Permute every attention's KV groups by descending importance (the sum of their heads' scores)
+    and the query heads within each group likewise, in place; return the scores to match.
+
+    A function-preserving permutation (a group's k/v rows move with its query heads' q rows and
+    o columns). Afterwards the best heads of the best groups, which a plan keeps, are mostly
+    consecutive rows, which ``PrunedViews`` serves as views of the dense weights.
+    """
+    check_dense(adapter)
+    kv, g, hd = adapter.num_kv_heads, adapter.heads_per_group, adapter.head_dim
+    head_scores, attn_means = [], []
+    for i in range(adapter.num_layers):
+        by_group = scores.head_scores[i].reshape(kv, g)
+        within = by_group.argsort(dim=1, descending=True, stable=True)
+        groups = by_group.sum(1).argsort(descending=True, stable=True)
+        heads = (groups[:, None] * g + within[groups]).flatten()  # new position -> dense head
+        attn = adapter.attention(i)
+        device = adapter.projection(attn, "o").weight.device
+        q_rows, kv_rows = head_rows(heads.tolist(), hd, device), head_rows(groups.tolist(), hd, device)
+        for role, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows)):
+            lin = adapter.projection(attn, role)
+            lin.weight.copy_(lin.weight.index_select(0, rows))
+            if lin.bias is not None:
+                lin.bias.copy_(lin.bias.index_select(0, rows))
+        o = adapter.projection(attn, "o")
+        o.weight.copy_(o.weight.index_select(1, q_rows))
+        head_scores.append(scores.head_scores[i][heads])
+        mean = scores.attn_input_mean[i]
+        attn_means.append(mean[q_rows.to(mean.device)])
+    return dataclasses.replace(scores, head_scores=head_scores, attn_input_mean=attn_means)
+
+
+def order_by_importance(adapter: ModelAdapter, scores: ImportanceScores) -> ImportanceScores:
+    """``order_mlp_channels`` and ``order_attention_heads``: what a search does before its first candidate."""
+    return order_attention_heads(adapter, order_mlp_channels(adapter, scores))
 
 
 def layer_specs(adapter: ModelAdapter) -> list[dict]:

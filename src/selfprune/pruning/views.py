@@ -5,10 +5,11 @@ rate can decide once per layer, up front (each attention layout's kept heads and
 rows as index tensors on the model's device, the compensation biases, the blocks of removed
 sub-layers), so that a candidate only looks its layers up and swaps them in:
 
-- MLP channels ordered by importance (``order_mlp_channels``) are kept as a prefix, served as
+- MLP channels ordered by importance (``order_by_importance``) are kept as a prefix, served as
   views of the dense weights: no copy;
-- attention keeps whole heads of some KV groups: one ``index_select`` per projection, with
-  indices already on the device;
+- attention keeps the best heads of the best KV groups; with groups and heads ordered too, those
+  are consecutive rows (a view) whenever whole groups stay or one group does, and k and v always;
+  other layouts take one ``index_select`` per projection, with indices already on the device;
 - no host sync, no tensor built from a Python list, no module initialised per candidate.
 
 The result equals ``apply_plan`` of the same rates (``plan``) up to float rounding of the MLP
@@ -66,6 +67,19 @@ def _plus(bias: torch.Tensor | None, extra: torch.Tensor | None) -> torch.Tensor
     return extra if bias is None else bias + extra
 
 
+def _selector(head_ids: list[int], head_dim: int, device) -> slice | torch.Tensor:
+    """The rows of these heads: a slice when the heads are consecutive, else an index tensor."""
+    if head_ids == list(range(head_ids[0], head_ids[0] + len(head_ids))):
+        return slice(head_ids[0] * head_dim, (head_ids[0] + len(head_ids)) * head_dim)
+    return head_rows(head_ids, head_dim, device)
+
+
+def _select(t: torch.Tensor, dim: int, sel: slice | torch.Tensor) -> torch.Tensor:
+    if isinstance(sel, slice):
+        return t.narrow(dim, sel.start, sel.stop - sel.start)  # a view
+    return t.index_select(dim, sel)
+
+
 class _LayerViews:
     """One decoder layer's pruned blocks for any rate: the dense blocks, slot modules refilled per
     candidate, and what every layout and width needs, computed on first use and kept."""
@@ -85,13 +99,15 @@ class _LayerViews:
         self.prefix = _is_descending(self.channel_scores)  # ordered channels: kept ones are a prefix
         self._layouts: dict[int, tuple] = {}
         self._widths: dict[int, tuple] = {}
+        self._slots: dict[str, nn.Linear] = {}  # per projection role: the Linear refilled per candidate
         self._attn_slot = self._slot(self.attn, ("q", "k", "v", "o"))
         self._mlp_slot = self._slot(self.mlp, ("gate", "up", "down"))
 
     def _slot(self, block: nn.Module, roles) -> nn.Module:
         slot = shallow_copy(block)
         for role in roles:
-            self.adapter.set_projection(slot, role, _linear_slot(self.proj[role]))
+            self._slots[role] = _linear_slot(self.proj[role])
+            self.adapter.set_projection(slot, role, self._slots[role])
         return slot
 
     # ---- attention ---------------------------------------------------------------------------
@@ -105,28 +121,37 @@ class _LayerViews:
         entry = self._layouts[i]
         if isinstance(entry, nn.Module):
             return entry  # the whole attention removed
-        q_rows, kv_rows, o_bias = entry
+        q_sel, kv_sel, o_bias = entry
         slot = self._attn_slot
-        for role, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows)):
+        for role, sel in (("q", q_sel), ("k", kv_sel), ("v", kv_sel)):
             lin = self.proj[role]
-            bias = lin.bias.index_select(0, rows) if lin.bias is not None else None
-            _fill(self.adapter.projection(slot, role), lin.weight.index_select(0, rows), bias)
-        _fill(self.adapter.projection(slot, "o"), self.proj["o"].weight.index_select(1, q_rows), o_bias)
+            if sel is None:  # every KV head kept: the dense projection itself
+                self.adapter.set_projection(slot, role, lin)
+                continue
+            bias = _select(lin.bias, 0, sel) if lin.bias is not None else None
+            self.adapter.set_projection(slot, role, self._slots[role])
+            _fill(self._slots[role], _select(lin.weight, 0, sel), bias)
+        _fill(self._slots["o"], _select(self.proj["o"].weight, 1, q_sel), o_bias)
         slot.num_key_value_groups = m  # query heads per kept KV head
         return slot
 
     def _layout(self, i: int):
+        """How layout ``i`` selects weight rows: a slice where its heads are consecutive (a view),
+        else indices on the device (a copy); None for k and v when every KV head stays."""
         heads, kv_heads = self.choices.heads[i], self.choices.groups[i]
         if not heads:
             return pruned_attention(self.adapter, self.idx, self.attn, LayerPlan([], [], []), self.attn_mean)
-        q_rows, kv_rows = (head_rows(h, self.adapter.head_dim, self.device) for h in (heads, kv_heads))
+        hd = self.adapter.head_dim
+        q_rows = head_rows(heads, hd, self.device)
         o = self.proj["o"]
         extra = None
         if self.attn_mean is not None:
             removed = torch.ones(o.in_features, dtype=torch.bool, device=self.device)
             removed[q_rows] = False
             extra = o.weight[:, removed] @ self.attn_mean.to(o.weight)[removed]
-        return q_rows, kv_rows, _plus(o.bias, extra.to(o.weight) if extra is not None else None)
+        kv_sel = None if len(kv_heads) == self.adapter.num_kv_heads else _selector(kv_heads, hd, self.device)
+        return _selector(heads, hd, self.device), kv_sel, _plus(o.bias, extra)
+
 
     # ---- MLP ---------------------------------------------------------------------------------
     def mlp_block(self, rate: float) -> nn.Module:
@@ -145,7 +170,8 @@ class _LayerViews:
         slot = self._mlp_slot
         if cols is None:  # a prefix: views of the dense weights
             for role, lin in (("gate", gate), ("up", up)):
-                _fill(self.adapter.projection(slot, role), lin.weight[:n], lin.bias[:n] if lin.bias is not None else None)
+                bias = lin.bias[:n] if lin.bias is not None else None
+                _fill(self.adapter.projection(slot, role), lin.weight[:n], bias)
             _fill(self.adapter.projection(slot, "down"), down.weight[:, :n], down_bias)
         else:
             for role, lin in (("gate", gate), ("up", up)):
@@ -179,8 +205,8 @@ class PrunedViews:
     """``with views.pruned(attn_rates, mlp_rates): model(...)`` runs the dense model as if pruned
     at those rates; the dense blocks are back afterwards.
 
-    Build it after ``order_mlp_channels`` (MLPs are then views); it holds references to the dense
-    blocks, so the model must not be restructured while it lives.
+    Build it after ``order_by_importance`` (MLPs are then views, and attention mostly too); it holds
+    references to the dense blocks, so the model must not be restructured while it lives.
     """
 
     def __init__(self, adapter: ModelAdapter, scores: ImportanceScores, attn_granularity: str = "head",
