@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout, not installed
 from bench_candidate import TimedForward, measure  # noqa: E402
 from bench_gpu_speed import SHAPES, build, sync  # noqa: E402
+from bench_widths import widths  # noqa: E402
 
 SHAPES["llama3-70b-8l"] = dict(hidden_size=8192, num_hidden_layers=8, num_attention_heads=64, num_key_value_heads=8,
                                intermediate_size=28672, vocab_size=128256, head_dim=128, tie_word_embeddings=False)
@@ -150,30 +151,6 @@ def view_vs_physical(model, scores, ratios, tokens) -> dict:
     return out
 
 
-def widths(model, scores, ratio, multiples, repeats) -> dict:
-    """Item 4: speed-ups of pruned models whose MLP widths are multiples of 1, 8, 64, 128."""
-    from selfprune.eval.speed import speed
-    from selfprune.models import get_adapter
-    from selfprune.pruning.apply import apply_plan
-    from selfprune.pruning.plan import make_plan
-
-    adapter = get_adapter(model)
-    n = adapter.num_layers
-    out = {}
-    for multiple in multiples:
-        pruned = copy.deepcopy(model)
-        plan = make_plan(adapter, scores.head_scores, scores.channel_scores, [ratio] * n, [ratio] * n, "head", multiple)
-        apply_plan(get_adapter(pruned), plan, scores, True)
-        res = speed({"dense": model, "pruned": pruned}, prefill_shapes=((1, 2048), (8, 512)), decode_batches=(1, 32),
-                    prompt_len=128, decode_tokens=32, warmup=1, repeats=repeats)
-        out[str(multiple)] = res
-        del pruned
-        gc.collect()
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
-        log(f"widths in multiples of {multiple}: done")
-    return out
-
-
 def per_layer(shape, dtype, device, tokens, ratio, repeats) -> dict:
     """Item 5: a wide model's per-layer costs (few layers), to extrapolate to its full depth."""
     model = build(shape, dtype, device)
@@ -227,7 +204,8 @@ def main(argv=None) -> int:
     scores = order_by_importance(get_adapter(model), scores_of(model, calib))
     result["candidate"] = candidates(model, scores, [0.3, 0.5], tokens, args.repeats)
     result["view_vs_physical_bf16"] = view_vs_physical(model, scores, [0.3, 0.5], tokens[:1, :256])
-    result["widths"] = widths(model, scores, 0.3, [1, 8, 64, 128], max(2, args.repeats - 2))
+    result["widths"] = widths(model, scores, 0.3, [1, 8, 64, 128], max(2, args.repeats - 2),
+                              decode_tokens=16 if args.quick else 32)
     del model, scores
     gc.collect()
     torch.cuda.empty_cache() if device.type == "cuda" else None

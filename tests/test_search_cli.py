@@ -47,10 +47,11 @@ def test_search_output_says_how_many_llm_proposals_were_new():
               "dropped": 0, "seconds": {"total": 1.0}}
     stats = {"backend": "openai:tiny", "calls": 1, "replies": 6, "valid": 6, "valid_rate": 1.0, "invalid": {},
              "retries": 0, "fallbacks": 6, "prompt_tokens": 10, "completion_tokens": 5, "seconds": 0.1,
-             "distinct": 0, "repeats": 0, "copies": 6}
+             "distinct": 0, "repeats": 0, "copies": 6, "seconds_per_reply": 0.1 / 6}
     text = format_report({"operator": "llm", "best_fitness": 1.0, "generations": 0, "achieved": 0.3, "budget": budget,
                           "repairs": {}, "operator_stats": stats})
     assert "0 distinct" in text and "6 copies of an example shape" in text
+    assert "0.1 s (0.02 s per reply)" in text
 
 
 def test_init_flag_is_generated(capsys):

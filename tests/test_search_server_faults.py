@@ -72,6 +72,7 @@ def test_every_fault_is_counted_and_falls_back_and_the_counts_survive_a_resume(f
     assert set(st["server_faults"]) == {"http_500", "not_json", "malformed", "oversized", "timeout", "connection",
                                         "bad_usage"}
     assert 1 <= st["failed_calls"] <= st["fallbacks"] and st["server_retries"] >= 1
+    assert st["seconds_per_reply"] == st["seconds"] / st["replies"] > 0  # the hang alone waited a whole timeout
     out = capsys.readouterr().out
     assert out.count("the classical operator writes its proposals") == st["failed_calls"]
     summary = server_faults_summary(st)

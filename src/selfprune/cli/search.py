@@ -150,7 +150,7 @@ def format_report(report: dict) -> str:
             f"LLM ({op['backend']}): {op['calls']} calls, {op['replies']} replies, valid "
             f"{'n/a' if rate is None else f'{rate:.0%}'}, invalid {json.dumps(op['invalid'])}, retries {op['retries']}, "
             f"fallbacks {op['fallbacks']}, tokens {op['prompt_tokens']:,} prompt + {op['completion_tokens']:,} completion, "
-            f"{op['seconds']:.1f} s"
+            f"{op['seconds']:.1f} s" + (f" ({op['seconds_per_reply']:.2f} s per reply)" if op.get("seconds_per_reply") else "")
         )
         lines.append(f"LLM: {proposals_summary(op)}")
         faults = server_faults_summary(op)

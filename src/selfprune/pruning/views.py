@@ -8,8 +8,8 @@ sub-layers), so that a candidate only looks its layers up and swaps them in:
 - MLP channels ordered by importance (``order_by_importance``) are kept as a prefix, served as
   views of the dense weights: no copy;
 - attention keeps the best heads of the best KV groups; with groups and heads ordered too, those
-  are consecutive rows (a view) whenever whole groups stay or one group does, and k and v always;
-  other layouts take one ``index_select`` per projection, with indices already on the device;
+  are mostly consecutive rows (a view: whole groups, or a single group; k and v whenever the kept
+  groups are); other layouts take one ``index_select`` per projection, indices on the device;
 - no host sync, no tensor built from a Python list, no module initialised per candidate.
 
 The result equals ``apply_plan`` of the same rates (``plan``) up to float rounding of the MLP

@@ -55,6 +55,7 @@ def _search_section(results: dict, histories: dict[str, list[dict]], plots: dict
         out.append(f"Operator LLM ({stats.get('backend')}): {stats['replies']} replies, "
                    f"{t.pct(valid) if valid is not None else 'n/a'}% usable; {proposals_summary(stats)}; "
                    f"{stats.get('fallbacks', 0)} fallbacks to the classical operator"
+                   + (f"; {stats['seconds_per_reply']:.2f} s per reply" if stats.get("seconds_per_reply") else "")
                    + (f"; {faults}." if faults else "."))
         out.append("")
     return out

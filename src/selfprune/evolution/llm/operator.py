@@ -131,6 +131,7 @@ class LLMOperator(Operator):
         c = self.counters
         out = dict(c)
         out["valid_rate"] = c["valid"] / c["replies"] if c["replies"] else None
+        out["seconds_per_reply"] = c["seconds"] / c["replies"] if c["replies"] else None
         out["backend"] = self.backend.name
         out["structured"] = getattr(self.backend, "structured", None)
         out["settings"] = asdict(self.s)
