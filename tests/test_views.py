@@ -112,3 +112,20 @@ def test_a_candidate_syncs_with_the_host_only_where_the_dense_forward_does(tiny_
     # nor anything initialised at random or built from Python lists per candidate
     for kinds in (SYNCS, ("aten::uniform_", "aten::normal_", "aten::arange")):
         assert [e for e in candidate if e in kinds] == [e for e in dense if e in kinds]
+
+
+def test_released_views_let_the_dense_blocks_go(tiny_model):
+    import gc
+    import weakref
+
+    model = tiny_model("llama")
+    adapter, scores = _scored(model, order=True)
+    fit = PruningFitness(adapter, scores, [torch.randint(0, 128, (2, 16))], "ppl", bias_compensation=True)
+    dense_mlp = weakref.ref(adapter.mlp(0))
+    first = fit([0.3] * 3, [0.4] * 3)
+    fit.release()
+    assert fit([0.3] * 3, [0.4] * 3) == first  # built again on demand
+    fit.release()
+    apply_plan(adapter, fit.plan([0.3] * 3, [0.4] * 3), scores, True)
+    gc.collect()
+    assert dense_mlp() is None

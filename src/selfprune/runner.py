@@ -220,6 +220,7 @@ def _stages(cfg: RunConfig, pre: Preflight, work: Path, stage: Stages, progress:
                        per_operator_dirs=True, on_operator=next_operator, trust_remote_code=cfg.trust_remote_code)
         bar.update(1)
     searched = found.to_json(work)
+    found.problem.fitness.release()  # the dense blocks go once the model is pruned in place
     best = searched["best"]
 
     models: dict[str, dict] = {"dense": {}, "pruned": {}}

@@ -16,6 +16,7 @@ import torch
 from selfprune.evolution.objectives import get_objective
 from selfprune.models.adapter import ModelAdapter
 from selfprune.pruning.importance import ImportanceScores
+from selfprune.pruning.plan import make_plan
 from selfprune.pruning.views import PrunedViews
 
 
@@ -31,8 +32,21 @@ class PruningFitness:
         self.bias_compensation, self.batch_size = bias_compensation, batch_size
         self.device = next(adapter.model.parameters()).device
         self.stage_blocks = [b.to(self.device) for b in stage_blocks]  # moved once, not per candidate
-        self.views = PrunedViews(adapter, scores, attn_granularity, mlp_multiple, bias_compensation)
+        self._views: PrunedViews | None = PrunedViews(adapter, scores, attn_granularity, mlp_multiple,
+                                                      bias_compensation)
         self._dense_logprobs = [self.dense_logprobs(b) for b in stage_blocks] if self.objective.needs_dense else None
+
+    @property
+    def views(self) -> PrunedViews:
+        if self._views is None:
+            self._views = PrunedViews(self.adapter, self.scores, self.attn_granularity, self.mlp_multiple,
+                                      self.bias_compensation)
+        return self._views
+
+    def release(self) -> None:
+        """Drop the views' references to the dense blocks and their caches, so that pruning the model
+        in place frees the dense weights (they are built again if another candidate is scored)."""
+        self._views = None
 
     @property
     def display_name(self) -> str:
@@ -58,7 +72,9 @@ class PruningFitness:
 
     def plan(self, attn, mlp):
         """The plan that prunes the model physically as the candidate ``(attn, mlp)`` is scored."""
-        return self.views.plan(np.asarray(attn, dtype=float).tolist(), np.asarray(mlp, dtype=float).tolist())
+        return make_plan(self.adapter, self.scores.head_scores, self.scores.channel_scores,
+                         np.asarray(attn, dtype=float).tolist(), np.asarray(mlp, dtype=float).tolist(),
+                         self.attn_granularity, self.mlp_multiple)
 
     @torch.no_grad()
     def __call__(self, attn, mlp, stage: int = 0) -> float:
