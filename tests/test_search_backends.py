@@ -110,6 +110,18 @@ def test_local_backend_with_the_default_model(default_model):
     assert [r.text for r in a] == [r.text for r in b]  # seeded
 
 
+
+def test_local_backend_encodes_the_shared_prompt_once_and_samples_as_before(default_model):
+    # n replies share one prompt: its KV cache is computed once and repeated. The replies are the
+    # ones a batch that encodes the prompt per row samples with the same seed.
+    model, tokenizer = default_model
+    shared = LocalBackend(model, tokenizer, "self", share_prefix=True)
+    per_row = LocalBackend(model, tokenizer, "self", share_prefix=False)
+    a = shared.chat(MESSAGES, n=3, max_tokens=24, temperature=0.8, seed=11)
+    b = per_row.chat(MESSAGES, n=3, max_tokens=24, temperature=0.8, seed=11)
+    assert [r.text for r in a] == [r.text for r in b]
+    assert len({r.text for r in a}) > 1 and all(r.prompt_tokens == b[0].prompt_tokens for r in a)
+
 def test_local_path_backend_loads_another_model_and_answers_as_it_would_in_process(default_model, default_model_dir,
                                                                                     tmp_path):
     # local:PATH loads the operator model from a folder; with the same weights and seed it writes what

@@ -10,13 +10,14 @@ compared with the first one (the baseline): measured speed-up, the ideal speed-u
 
 from __future__ import annotations
 
-import inspect
 import statistics
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from selfprune.models.kv_cache import cache_kwarg, cache_of
 
 DEFAULT_PREFILL_SHAPES = ((1, 128), (1, 512), (8, 128))  # (batch, sequence)
 DEFAULT_DECODE_BATCHES = (1, 8)
@@ -113,24 +114,15 @@ def _time_prefill(model, ids) -> float:
     return time.perf_counter() - start
 
 
-def _cache_of(out):
-    # transformers 5 names the KV cache `cache`; earlier versions `past_key_values`.
-    return out.cache if hasattr(out, "cache") else out.past_key_values
-
-
-def _cache_kwarg(model) -> str:
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def _time_decode(model, prompt, steps: int) -> float:
     """Seconds for ``steps`` greedy one-token steps after an (untimed) prefill of ``prompt``."""
     out = _prefill(model, prompt)
-    cache, token, kwarg = _cache_of(out), out.logits[:, -1:].argmax(-1), _cache_kwarg(model)
+    cache, token, kwarg = cache_of(out), out.logits[:, -1:].argmax(-1), cache_kwarg(model)
     _sync(prompt.device)
     start = time.perf_counter()
     for _ in range(steps):  # one forward per generated token: that is what decoding is
         out = model(input_ids=token, use_cache=True, **{kwarg: cache})
-        cache, token = _cache_of(out), out.logits[:, -1:].argmax(-1)
+        cache, token = cache_of(out), out.logits[:, -1:].argmax(-1)
     _sync(prompt.device)
     return time.perf_counter() - start
 

@@ -242,7 +242,8 @@ def _short(exc: Exception) -> str:
 # ---- local transformers -------------------------------------------------------------------------
 class LocalBackend(ChatBackend):
     """``generate`` on a local causal LM with a chat template; ``n`` replies are sampled in one
-    batch, which on a CPU costs little more than one.
+    batch, which on a CPU costs little more than one. Their shared prompt is encoded once: its
+    KV cache is computed for one sequence and repeated for the ``n`` rows.
 
     With the model being pruned as operator, generation happens only between fitness evaluations
     (the loop is sequential), when the model is dense.
@@ -250,8 +251,10 @@ class LocalBackend(ChatBackend):
 
     supports_templates = True
 
-    def __init__(self, model: Any, tokenizer: Any, name: str = "local", threads: int | None = 1):
+    def __init__(self, model: Any, tokenizer: Any, name: str = "local", threads: int | None = 1,
+                 share_prefix: bool = True):
         self.model = model
+        self.share_prefix = share_prefix  # False: every row encodes the prompt (benchmarks compare the two)
         self.tokenizer = tokenizer
         self.name = name
         # Token-by-token decoding of a small model is latency-bound: one CPU thread is about as
@@ -277,8 +280,20 @@ class LocalBackend(ChatBackend):
             self._decoders[key] = TemplateDecoder(self.tokenizer, template, digits=digits)
         return self._decoders[key]
 
+    def _shared_prefix(self, enc: dict, n: int):
+        """The KV cache of the prompt but its last token, computed once and repeated for ``n`` rows
+        (``generate`` then runs only the last prompt token per row before sampling)."""
+        from selfprune.models.kv_cache import cache_of
+
+        prefix = {k: v[:, :-1] for k, v in enc.items()}
+        cache = cache_of(self.model(**prefix, use_cache=True))
+        cache.batch_repeat_interleave(n)
+        return cache
+
     def chat(self, messages, n=1, max_tokens=96, temperature=0.8, seed=0, schema=None, template=None):
         import torch
+
+        from selfprune.models.kv_cache import cache_kwarg
 
         enc = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
                                                  return_tensors="pt", return_dict=True)
@@ -291,15 +306,20 @@ class LocalBackend(ChatBackend):
             decoder = self._decoder(template)
             extra["prefix_allowed_tokens_fn"] = decoder.prefix_fn(prompt_len)
             max_tokens = decoder.max_tokens
-        torch.manual_seed(seed)
         saved = torch.get_num_threads()
         if self.threads and device.type == "cpu":
             torch.set_num_threads(self.threads)
         try:
             with torch.no_grad():
+                rows = 1
+                if n > 1 and prompt_len > 1 and self.share_prefix:
+                    extra[cache_kwarg(self.model)] = self._shared_prefix(enc, n)
+                    enc = {k: v.repeat(n, 1) for k, v in enc.items()}
+                    rows = n
+                torch.manual_seed(seed)
                 out = self.model.generate(
                     **enc, do_sample=temperature > 0, temperature=max(temperature, 1e-3), top_p=0.95,
-                    max_new_tokens=max_tokens, num_return_sequences=n, pad_token_id=pad, **extra,
+                    max_new_tokens=max_tokens, num_return_sequences=n // rows, pad_token_id=pad, **extra,
                 )
         finally:
             torch.set_num_threads(saved)
