@@ -14,9 +14,13 @@ mutation and the LLM:
     llm-self=llm:seeded:self     the LLM operator with the model itself
     (e.g. llm-135m=llm:seeded:local:PATH for another local model as operator)
 
-Writes ``OUT/results.json`` (every arm and seed: held-out ppl, fitness, budget, LLM stats) and each
-search's files (transcript.jsonl, report.json, history.json) under ``OUT/r<ratio>/<arm>/s<seed>/``,
-and prints mean +- sd per arm.
+Writes ``OUT/results.json`` (every arm and seed: held-out ppl, fitness, budget, LLM stats; every
+invocation that made it, with its arguments, versions and date), ``OUT/manifest.json`` (the
+commands, versions, dates and machine) and each search's files (transcript.jsonl, report.json,
+history.json, and while it runs its resume checkpoint) under ``OUT/r<ratio>/<arm>/s<seed>/``, and
+prints mean +- sd per arm and each searching arm against the reference seed by seed (paired.py).
+A matrix run in parts (one OUT per core) becomes one record with ``--finalize OUT``: the parts'
+rows and search folders merged into OUT, resume checkpoints removed.
 
     python benchmarks/bench_search.py --ratios 0.3 --seeds 0,1 --max-evals 40 \
         --out benchmarks/results/search/evals40
@@ -29,16 +33,20 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import default_wikitext, search_dir  # noqa: E402
+from common import default_wikitext, machine, portable, search_dir  # noqa: E402
+from paired import describe, paired, per_seed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -85,6 +93,9 @@ def parse_args(argv=None):
     p.add_argument("--table", metavar="RESULTS_JSON[,...]",
                    help="print the table of a results file and exit; several files (parts of one matrix run side by "
                         "side, e.g. one per core) are merged, refused when a setting that changes the numbers differs")
+    p.add_argument("--finalize", metavar="OUT",
+                   help="make OUT one record and exit: the results of its parts (OUT/*/results.json) and their search "
+                        "folders merged into OUT, resume checkpoints removed, OUT/manifest.json written")
     p.add_argument("--out", default="bench_search_out", help="folder for each search's files and results.json")
     return p.parse_args(argv)
 
@@ -133,6 +144,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.finalize:
+        return finalize(Path(args.finalize))
     if args.table:
         data = merge_results([json.loads(Path(f).read_text()) for f in args.table.split(",") if f])
         # The files' own settings, but the comparison this command asks for.
@@ -141,20 +154,24 @@ def main(argv=None) -> int:
                            folders=[Path(f).parent for f in args.table.split(",") if f]))
         return 0
     from selfprune.data.eval_text import load_eval_text
+    from selfprune.errors import SelfpruneError
     from selfprune.eval.perplexity import perplexity
     from selfprune.eval.zeroshot import zeroshot
     from selfprune.evolution.genome import GenomeSpace
+    from selfprune.evolution.llm.backends import (
+        LocalBackend,
+        OpenAIBackend,
+        RandomBackend,
+    )
     from selfprune.evolution.loop import read_checkpoint
-    from selfprune.evolution.llm.backends import LocalBackend, OpenAIBackend, RandomBackend
     from selfprune.evolution.problem import build_search_problem
     from selfprune.evolution.search import search
     from selfprune.models import load_model
     from selfprune.models.adapter import get_adapter
     from selfprune.options import PruneOptions, SearchOptions
+    from selfprune.preflight import check_disjoint
     from selfprune.pruning.apply import pruned_view
     from selfprune.versions import versions
-    from selfprune.errors import SelfpruneError
-    from selfprune.preflight import check_disjoint
 
     warnings: list[str] = []
     try:  # before the model loads: the fitness text must not be the held-out text
@@ -179,20 +196,27 @@ def main(argv=None) -> int:
     eval_kw = dict(seqlen=args.eval_seqlen, max_windows=args.eval_windows)
     dense_ppl = perplexity(model, tokenizer, eval_text, **eval_kw).ppl
     print(f"dense held-out ppl {dense_ppl:.2f}", flush=True)
-    rows, speed = [], {}
+    rows, speed, invocations = [], {}, []
     results_file = out / "results.json"
+    settings = portable(vars(args))
     if args.resume and results_file.exists():
         old = json.loads(results_file.read_text())
-        changed = differing_settings(old["args"], vars(args))
+        changed = differing_settings(portable(old["args"]), settings)
         if changed:
             sys.exit(f"--resume: {out} was run with other {', '.join(changed)}; use another --out")
         rows, speed = old["rows"], {float(k): v for k, v in old["speed"].items()}
+        invocations = invocations_of(old)
         print(f"resuming: {len(rows)} rows kept from {results_file}", flush=True)
     done = {(r["ratio"], r["arm"], r["seed"]) for r in rows}
 
+    invocations.append({"args": settings, "versions": versions(), "date": datetime.now(timezone.utc).isoformat(),
+                        "machine": machine()})
+
     def save():
-        results_file.write_text(json.dumps({"args": vars(args), "versions": versions(), "dense_ppl": dense_ppl,
-                                            "speed": speed, "rows": rows}, indent=1, default=str))
+        record = {"args": settings, "versions": versions(), "dense_ppl": dense_ppl, "speed": speed, "rows": rows,
+                  "invocations": invocations}
+        results_file.write_text(json.dumps(record, indent=1, default=str))
+        write_manifest(out, record)
 
     for ratio in [float(r) for r in args.ratios.split(",")]:
         t0 = time.perf_counter()
@@ -301,6 +325,72 @@ def main(argv=None) -> int:
     return 0
 
 
+def invocations_of(record: dict) -> list[dict]:
+    """The invocations a results record lists; a record from before they were listed was one invocation."""
+    return record.get("invocations") or [{"args": portable(record["args"]), "versions": record.get("versions")}]
+
+
+def command_of(args: dict) -> str:
+    """The command line that ran with ``args``."""
+    skip = {"table", "finalize", "reference"}
+    flags = []
+    for k, v in args.items():
+        if k in skip or v is None or v is False:
+            continue
+        flags.append(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}"))
+    return "python benchmarks/bench_search.py " + " ".join(flags)
+
+
+def write_manifest(out: Path, record: dict) -> None:
+    """OUT/manifest.json: what made the record -- every command, with its versions, date and machine."""
+    manifest = {"experiment": out.name, "rows": len(record["rows"]),
+                "invocations": [{"command": command_of(i["args"]), **{k: i.get(k) for k in ("date", "machine", "versions")}}
+                                for i in record["invocations"]]}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str) + "\n")
+
+
+def _added_on(path: Path) -> str | None:
+    """The date git first recorded ``path`` (for records from before invocations were dated)."""
+    try:
+        dates = subprocess.run(["git", "log", "--diff-filter=A", "--format=%aI", "--", path.name], cwd=path.parent,
+                               capture_output=True, text=True, timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return dates[-1] if dates else None
+
+
+def finalize(out: Path) -> int:
+    """Merge OUT's parts into one record in OUT; remove resume checkpoints."""
+    files = ([out / "results.json"] if (out / "results.json").is_file() else []) + sorted(out.glob("*/results.json"))
+    if not files:
+        print(f"error: no results.json in {out} or its sub-folders", file=sys.stderr)
+        return 2
+    records = [json.loads(f.read_text()) for f in files]
+    merged = merge_results(records)
+    invocations = []
+    for f, record in zip(files, records):
+        for inv in invocations_of(record):
+            part = inv.get("part") or (f.parent.name if f.parent != out else None)
+            invocations.append({**inv, "date": inv.get("date") or _added_on(f), "part": part})
+    for f in files[1:] if files[0].parent == out else files:  # a part's search folders move up beside the record
+        for folder in sorted(f.parent.glob("r*/*/s*")):
+            target = out / folder.relative_to(f.parent)
+            if not target.exists():  # the first part's row and folder are the ones kept
+                target.parent.mkdir(parents=True, exist_ok=True)
+                folder.rename(target)
+        shutil.rmtree(f.parent)
+    for checkpoint in out.rglob("checkpoint*.json"):
+        checkpoint.unlink()
+    speed = {k: v for r in reversed(records) for k, v in r.get("speed", {}).items()}  # each ratio's first measurement
+    args = portable({**merged["args"], "out": str(out)})
+    record = {**merged, "args": args, "speed": speed, "invocations": invocations}
+    record.pop("versions", None)  # per invocation
+    (out / "results.json").write_text(json.dumps(record, indent=1, default=str))
+    write_manifest(out, record)
+    print(f"{out}: {len(record['rows'])} rows from {len(files)} results files, {len(invocations)} invocations")
+    return 0
+
+
 def merge_results(parts: list[dict]) -> dict:
     """One results dict from parts of a matrix with the same settings (rows of the same arm and seed: the first).
     Parts may differ in an LLM-arm setting (``ARM_SETTINGS``) as long as each LLM arm has one value of it."""
@@ -362,28 +452,19 @@ def summarize(rows) -> list[dict]:
 
 
 def paired_comparisons(rows, reference: str) -> list[str]:
-    """Each searching arm against the reference arm on the seeds both ran (same problem, same start per seed):
-    wins, the mean per-seed ratio of held-out perplexities, and Welch's t on the two sets of values."""
+    """Each searching arm against the reference arm on the seeds both ran (same problem and start per seed):
+    paired statistics over the seed pairs (paired.py)."""
     groups = by_arm(rows)
-    per_seed = {key: {r["seed"]: r["heldout_ppl"] for r in group} for key, group in groups.items()}
     lines = []
     for ratio in dict.fromkeys(r["ratio"] for r in rows):
-        ref = per_seed.get((ratio, reference), {})
+        ref = per_seed(rows, ratio, reference)
         for (arm_ratio, arm), group in groups.items():
             # Fixed arms (uniform, owl: one evaluation) are the same genome in every seed; only searches are compared.
             if arm_ratio != ratio or arm == reference or not any(r["evals"] > 1 for r in group):
                 continue
-            own = per_seed[(ratio, arm)]
-            seeds = sorted(set(own) & set(ref))
-            if len(seeds) < 2:
-                continue
-            a, b = [own[s] for s in seeds], [ref[s] for s in seeds]
-            se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
-            t = (statistics.mean(b) - statistics.mean(a)) / se if se else float("inf")
-            wins = sum(x < y for x, y in zip(a, b))
-            ratio_mean = statistics.mean(x / y for x, y in zip(a, b))
-            lines.append(f"ratio {ratio}: {arm} vs {reference}: lower held-out ppl in {wins} of {len(seeds)} seeds, "
-                         f"mean per-seed ratio {ratio_mean:.2f}, Welch t {t:+.2f} (positive: {arm} better)")
+            stats = paired(per_seed(rows, ratio, arm), ref)
+            if stats:
+                lines.append(f"ratio {ratio}: {arm} vs {reference}: {describe(stats)}")
     return lines
 
 

@@ -21,7 +21,12 @@ def bench(load_benchmark):
 
 
 def parts():
-    return [json.loads((RESULTS / p / "results.json").read_text()) for p in ("a", "b")]
+    """The committed 430-evaluation record split back into the two invocations that made it: the llm-null arm
+    ran apart from the others."""
+    record = json.loads((RESULTS / "results.json").read_text())
+    a = {**record, "rows": [r for r in record["rows"] if r["arm"] != "llm-null"]}
+    b = json.loads(json.dumps({**record, "rows": [r for r in record["rows"] if r["arm"] == "llm-null"]}))
+    return a, b
 
 
 def test_merged_parts_hold_every_arm_and_seed_once_with_the_means_of_their_rows(bench):
@@ -71,7 +76,7 @@ def test_parts_that_differ_in_the_llm_share_merge_as_separate_arms_and_compare_s
     shares = {(r["arm"], r.get("llm_share")) for r in merged["rows"] if r["operator"] == "llm"}
     assert ("llm-null", 0.3) in shares and ("llm-null-share1", 1.0) in shares
     (line,) = [x for x in bench.paired_comparisons(merged["rows"], "llm-null") if "llm-null-share1" in x]
-    assert "lower held-out ppl in 3 of 3 seeds, mean per-seed ratio 0.50" in line
+    assert "lower held-out ppl in 3 of 3 seed pairs, geometric mean ratio 0.50" in line
     # The same arm name with two shares is two different searches: refused.
     for r in other["rows"]:
         if r["arm"] == "llm-null-share1":
@@ -99,7 +104,7 @@ def test_origin_credit_sums_offspring_kinds_over_seeds_and_skips_the_initial_pop
 
 
 def test_table_of_the_committed_results_prints_the_comparison_and_the_credit():
-    files = ",".join(str(RESULTS / p / "results.json") for p in ("a", "b"))
+    files = str(RESULTS / "results.json")
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_search.py"), "--table", files],
                          capture_output=True, text=True, check=True).stdout
     assert "llm-self vs ga-levels" in out
@@ -125,8 +130,9 @@ def test_paired_comparisons_leave_out_the_fixed_arms_run_beside_each_seed(bench)
             row("ga-levels", 0, 900.0, 430), row("ga-levels", 1, 1100.0, 430),
             row("llm-self", 0, 700.0, 430), row("llm-self", 1, 1200.0, 430)]
     (line,) = bench.paired_comparisons(rows, "ga-levels")
-    assert line.startswith("ratio 0.5: llm-self vs ga-levels: lower held-out ppl in 1 of 2 seeds")
-    assert f"mean per-seed ratio {(700 / 900 + 1200 / 1100) / 2:.2f}" in line
+    assert line.startswith("ratio 0.5: llm-self vs ga-levels: lower held-out ppl in 1 of 2 seed pairs")
+    assert f"geometric mean ratio {(700 / 900 * 1200 / 1100) ** 0.5:.2f}" in line
+    assert line.endswith("one-sided sign test p = 0.75")
 
 
 def test_resume_continues_a_search_killed_before_its_row_was_written(tmp_path, wikitext_test_path, default_model_dir):
@@ -171,3 +177,47 @@ def test_the_evaluation_text_as_fitness_text_is_refused_before_the_model_loads(t
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"--calib: '{copy}' is the evaluation text itself" in proc.stderr
     assert not out.exists()
+
+
+def test_finalize_makes_the_parts_one_record_with_every_invocation_and_no_checkpoints(bench, tmp_path):
+    out = tmp_path / "exp"
+    a, b = parts()
+    for name, part, seeds in (("a", a, "0,1,2"), ("b", b, "2")):
+        part = {**part, "args": {**part["args"], "seeds": seeds, "out": str(out / name)}}
+        part.pop("invocations")  # as a part's own record, written before it was finalized
+        (out / name).mkdir(parents=True)
+        (out / name / "results.json").write_text(json.dumps(part))
+        for r in part["rows"]:
+            folder = out / name / f"r{r['ratio']}" / r["arm"] / f"s{r['seed']}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "best.json").write_text(json.dumps({"part": name}))
+            (folder / "checkpoint.json").write_text("{}")
+    assert bench.finalize(out) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert len(record["rows"]) == len(a["rows"]) + len(b["rows"])
+    assert [i["part"] for i in record["invocations"]] == ["a", "b"]
+    assert record["args"]["out"] == out.name and str(tmp_path) not in (out / "results.json").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "r0.3", "results.json"]
+    assert not list(out.rglob("checkpoint*.json"))
+    assert json.loads((out / "r0.3" / "llm-null" / "s2" / "best.json").read_text()) == {"part": "b"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rows"] == len(record["rows"])
+    assert [c["command"].split("--seeds ")[1].split()[0] for c in manifest["invocations"]] == ["0,1,2", "2"]
+    # Finalizing again changes nothing.
+    before = (out / "results.json").read_text()
+    assert bench.finalize(out) == 0
+    assert json.loads((out / "results.json").read_text())["invocations"] == json.loads(before)["invocations"]
+
+
+def test_paired_statistics_are_exact_sign_tests_over_seed_pairs(load_benchmark):
+    paired = load_benchmark("paired")
+    assert paired.sign_test(3, 3) == 0.125  # three seeds alone can never reach p < 0.125
+    assert paired.sign_test(12, 12) == pytest.approx(0.000244, rel=1e-3)
+    assert paired.sign_test(0, 4) == 1.0
+    stats = paired.paired({0: 50.0, 1: 80.0, 2: 90.0, 3: 10.0}, {0: 100.0, 1: 100.0, 2: 100.0, 4: 1.0})
+    assert stats["n"] == 3 and stats["seeds"] == [0, 1, 2] and stats["wins"] == 3
+    assert stats["ratio"] == pytest.approx((0.5 * 0.8 * 0.9) ** (1 / 3))
+    lo, hi = stats["ratio_ci95"]
+    assert 0.5 <= lo <= stats["ratio"] <= hi <= 0.9
+    assert paired.describe(stats).startswith("lower held-out ppl in 3 of 3 seed pairs, geometric mean ratio 0.71")
+    assert paired.paired({0: 1.0}, {0: 2.0}) is None  # one pair is no comparison
