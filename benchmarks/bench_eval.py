@@ -18,12 +18,12 @@ import time
 import torch
 
 from selfprune.api import prune
-from selfprune.versions import versions
 from selfprune.eval.perplexity import perplexity
-from selfprune.eval.speed import format_speed_table, speed
-from selfprune.report.tables import text_table
+from selfprune.eval.speed import speed
 from selfprune.eval.zeroshot import zeroshot
 from selfprune.models import load_model
+from selfprune.report.tables import format_speed_table, text_table
+from selfprune.versions import versions
 
 
 def main() -> None:

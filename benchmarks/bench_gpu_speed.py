@@ -72,12 +72,13 @@ def candidate_vs_dense(model, scores, ratio, tokens, repeats=5):
 
 
 def main(argv=None):
-    from selfprune.eval.speed import format_speed_table, speed
+    from selfprune.eval.speed import speed
     from selfprune.models import get_adapter
     from selfprune.options import PruneOptions
     from selfprune.pruning.apply import pruned_view
     from selfprune.pruning.importance import compute_importance
     from selfprune.pruning.pipeline import prune_model
+    from selfprune.report.tables import format_speed_table
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))

@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         OpenAIBackend,
         RandomBackend,
     )
-    from selfprune.evolution.loop import read_checkpoint
+    from selfprune.evolution.checkpoint import read_checkpoint
     from selfprune.evolution.problem import build_search_problem
     from selfprune.evolution.search import search
     from selfprune.models import load_model

@@ -53,9 +53,9 @@ def widths(model, scores, ratio: float, multiples, repeats: int, prefill_shapes=
 
 def main(argv=None) -> int:
     from selfprune.data.calibration import calibration_text, token_blocks
-    from selfprune.eval.speed import format_speed_table
     from selfprune.models import get_adapter, load_model
     from selfprune.pruning.importance import compute_importance
+    from selfprune.report.tables import format_speed_table
     from selfprune.versions import versions
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import pytest
 import torch
@@ -22,7 +23,8 @@ def test_public_functions_stay_functions():
     import selfprune.runner  # noqa: F401
 
     for name in ("prune", "search", "evaluate", "run", "load_pruned"):
-        assert callable(getattr(selfprune, name)) and callable(getattr(selfprune, name)), name
+        value = getattr(selfprune, name)
+        assert callable(value) and not isinstance(value, types.ModuleType), name
     assert selfprune.PruneOptions().calib_samples == 32
 
 
@@ -58,10 +60,11 @@ def test_registries_are_the_only_name_lists():
 
 @pytest.mark.parametrize("name", ["ga", "evopress", "random", "uniform", "owl"])
 def test_every_strategy_spends_the_same_budget(name):
+    from synthetic import synthetic_problem
+
     from selfprune.evolution.genome import GenomeSpace
     from selfprune.evolution.loop import Search
     from selfprune.evolution.strategies import get_strategy
-    from synthetic import synthetic_problem
 
     problem = synthetic_problem(8)
     space = GenomeSpace.from_problem(problem, 0.3)
@@ -76,12 +79,12 @@ def test_every_strategy_spends_the_same_budget(name):
 
 def test_prompts_name_the_fitness_being_minimised():
     """With KL as the fitness, the operator LLM is never told it is reading perplexities."""
+    from synthetic import synthetic_problem
     from test_search_replies import Scripted
 
     from selfprune.evolution.genome import GenomeSpace
     from selfprune.evolution.llm.operator import LLMOperator
     from selfprune.evolution.loop import Search, SearchConfig
-    from synthetic import synthetic_problem
 
     problem = synthetic_problem(8)
     problem.fitness.display_name = "KL to dense"
@@ -98,9 +101,9 @@ def test_prompts_name_the_fitness_being_minimised():
 
 def test_family_table_drives_the_checkpoint_anatomy(tiny_model, tmp_path):
     from selfprune.models.families import BY_MODEL_TYPE, FAMILIES
+    from selfprune.models.remote_code import modeling_selfprune
     from selfprune.options import PruneOptions
     from selfprune.pruning.pipeline import prune_model
-    from selfprune.pruning.remote_code import modeling_selfprune
 
     assert len(BY_MODEL_TYPE) == sum(len(f.model_types) for f in FAMILIES)
     for family in FAMILIES:  # the checkpoint's modeling code builds every family's class on demand
@@ -124,6 +127,74 @@ def test_search_cli_runs_several_operators_on_one_budget(tmp_path, default_model
     best = json.loads((out / "best.json").read_text())
     ga = json.loads((out / "ga" / "best.json").read_text())
     assert best["operator"] in ("uniform", "ga") and best["fitness"] <= ga["fitness"]
+    # The rates file says how it was made, so pruning with it alone keeps the heads and channels the search scored.
+    from selfprune.cli.prune import search_settings
+
+    made_with = best["made_with"]
+    assert made_with == ga["made_with"] and (made_with["model"], made_with["ratio"], made_with["seed"]) == ("default", 0.3, 0)
+    alone = tmp_path / "elsewhere" / "rates.json"
+    alone.parent.mkdir()
+    alone.write_text(json.dumps(best))
+    prune, seed, source = search_settings(str(alone))
+    assert (prune["calib_samples"], prune["calib_seqlen"], prune["metric"], seed) == (2, 64, "wanda-sp", 0)
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["search"]["operator"] == ["uniform", "ga"] and config["versions"]["torch"]
     assert "best operator" in capsys.readouterr().out
+
+
+# The layers of the package, lowest first; a module may import its own layer and those below.
+LAYERS = [
+    ("errors", "atomic", "versions", "options"),
+    ("outputs", "data"),
+    ("models",),
+    ("pruning",),
+    ("eval", "export"),
+    ("evolution", "recover"),
+    ("report", "serve", "stages"),
+    ("config",),
+    ("preflight",),
+    ("runner",),
+    ("api",),
+    ("cli", "__main__"),
+]
+
+
+def _layer(module: str) -> int | None:
+    top = module.split(".")[1] if module.count(".") else None
+    return next((i for i, names in enumerate(LAYERS) if top in names), None)
+
+
+def test_imports_point_down():
+    """No module imports one of a higher layer, not even inside a function: the lazy ``selfprune`` ->
+    ``api`` is the only exception."""
+    import ast
+    from pathlib import Path
+
+    root = Path(selfprune.__file__).parent
+    upward, unplaced = [], []
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
+        if module == "selfprune":
+            continue
+        if _layer(module) is None:
+            unplaced.append(module)
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            for name in names:
+                if name.startswith("selfprune.") and _layer(name) > _layer(module):
+                    upward.append(f"{module}:{node.lineno} -> {name}")
+    assert not unplaced, f"modules in no layer (add them to LAYERS): {unplaced}"
+    assert not upward, upward
+
+
+def test_importing_the_pruner_loads_no_search_evaluation_or_export():
+    code = ("import sys, selfprune.pruning.pipeline; "
+            "print(' '.join(m for m in sys.modules if m.startswith('selfprune.')))")
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "selfprune.pruning.pipeline" in loaded
+    assert not [m for m in loaded if m.split(".")[1] in ("evolution", "eval", "export", "recover", "report", "cli")]

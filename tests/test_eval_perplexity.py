@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import math
+import os
+import socket
+import subprocess
+import sys
+import threading
 
 import pytest
 import torch
@@ -73,13 +79,58 @@ def test_source_path_and_token_ids_agree(default_model, wikitext_test_path, wiki
     assert from_path.protocol["tokens_in_text"] > 290_000  # the whole file was read
 
 
-def test_wikitext2_from_the_hub_or_a_clear_error():
+def _load_wikitext2_with_hub_at(endpoint: str, tmp_path) -> str:
+    """load_eval_text("wikitext2") in a fresh process whose hub is ``endpoint`` (read when the hub library is
+    imported) and whose cache is empty; its SelfpruneError message, or "loaded"."""
+    code = ("from selfprune.data.eval_text import load_eval_text\n"
+            "from selfprune.errors import SelfpruneError\n"
+            "try:\n    load_eval_text('wikitext2')\n    print('loaded')\n"
+            "except SelfpruneError as exc:\n    print(exc)\n")
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf")}
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        env.pop(name, None)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          check=True).stdout.strip()
+
+
+def test_wikitext2_with_the_hub_unreachable_says_how_to_pass_a_local_copy(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = _load_wikitext2_with_hub_at(f"http://127.0.0.1:{port}", tmp_path)
+    assert "the Hugging Face hub cannot be reached" in line and "--ppl path/to/wiki.test.raw" in line
+
+
+def test_wikitext2_when_the_hub_answers_without_it_is_one_clear_line(tmp_path):
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error": "Repository not found"}')
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        text = load_eval_text("wikitext2")
-    except SelfpruneError as exc:  # offline and not cached: the message says how to pass a local file
-        assert "local copy" in str(exc)
-    else:
-        assert text.join == HUB_JOIN and len(text.text) > 1_000_000
+        line = _load_wikitext2_with_hub_at(f"http://127.0.0.1:{server.server_address[1]}", tmp_path)
+    finally:
+        server.shutdown()
+    assert line.startswith("could not load WikiText-2 (wikitext/wikitext-2-raw-v1, test) through `datasets`")
+    assert "pass the path of a local copy" in line and "\n" not in line
+
+
+def test_wikitext2_from_the_hub_joins_rows_as_the_literature_does():
+    from selfprune.data.eval_text import _hub_reachable
+
+    if not _hub_reachable():
+        pytest.skip("the Hugging Face hub cannot be reached from here")
+    text = load_eval_text("wikitext2")
+    assert text.join == HUB_JOIN and len(text.text) > 1_000_000
 
 
 def test_bad_inputs(default_model, tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selfprune.eval.speed import count_macs, count_params, format_speed_table, speed
+from selfprune.eval.speed import count_macs, count_params, speed
+from selfprune.report.tables import format_speed_table
 
 
 def tiny(intermediate: int, layers: int = 2):

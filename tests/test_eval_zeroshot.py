@@ -57,3 +57,35 @@ def test_task_names():
         parse_tasks("piqa,nosuchtask")
     with pytest.raises(SelfpruneError, match="unknown task source"):
         parse_tasks("piqa", source="web")
+
+
+def test_accuracies_are_the_models_own_choices_scored_by_hand(default_model, tmp_path):
+    """ARC-Easy's acc and acc_norm equal an independent scoring of the same documents: the summed
+    log-probability of each answer after "Question: ...\\nAnswer:", the argmax (acc) and the argmax per
+    character (acc_norm), as stock lm-eval defines them."""
+    import torch
+
+    model, tokenizer = default_model
+    n = 8
+    docs = [json.loads(line) for line in
+            (render_offline_tasks(tmp_path) / "docs" / "arc_easy_test.jsonl").read_text().splitlines()[:n]]
+
+    def loglikelihood(context: str, continuation: str) -> float:
+        context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([whole])
+        with torch.no_grad():
+            logprobs = model(ids).logits.float().log_softmax(-1)[0]
+        return sum(logprobs[i - 1, whole[i]].item() for i in range(len(context_ids), len(whole)))
+
+    hits = hits_norm = 0
+    for doc in docs:
+        context = f"Question: {doc['question']}\nAnswer:"
+        answers = [" " + text for text in doc["choices"]["text"]]
+        scores = [loglikelihood(context, a) for a in answers]
+        gold = doc["choices"]["label"].index(doc["answerKey"])
+        hits += max(range(len(answers)), key=lambda i: scores[i]) == gold
+        hits_norm += max(range(len(answers)), key=lambda i: scores[i] / len(answers[i])) == gold
+    row = zeroshot(model, tokenizer, ["arc_easy"], limit=n, batch_size=4)["tasks"]["arc_easy"]
+    assert row["samples"] == n
+    assert row["acc"] == pytest.approx(hits / n) and row["acc_norm"] == pytest.approx(hits_norm / n)

@@ -18,7 +18,7 @@ from selfprune.api import load_pruned
 from selfprune.cli import main
 from selfprune.errors import SelfpruneError
 from selfprune.models.loading import load_model
-from selfprune.pruning.remote_code import MODELING_FILE, SHIPPED_SHA256, sha256
+from selfprune.models.remote_code import MODELING_FILE, SHIPPED_SHA256, sha256
 
 IDS = torch.tensor([[1, 5, 9, 200, 3000, 7, 42, 11]])
 
@@ -99,7 +99,7 @@ def test_pruned_checkpoint_loads_without_its_own_code(pruned, edited, capsys):
         ours = load_pruned(str(path))[0](IDS).logits
         assert capsys.readouterr().err == ""  # the shipped file: nothing to say
         for loaded, _ in (load_pruned(str(edited_path)), load_model(str(edited_path), trust_remote_code=True)):
-            assert type(loaded).__module__ == "selfprune.pruning.remote_code.modeling_selfprune"
+            assert type(loaded).__module__ == "selfprune.models.remote_code.modeling_selfprune"
             assert torch.equal(loaded(IDS).logits, expected)
     assert torch.equal(ours, expected)
     assert not marker.exists()
@@ -113,7 +113,7 @@ def test_eval_of_an_edited_checkpoint_scores_like_the_original(pruned, edited, t
     for name, path in (("original", pruned[0]), ("edited", edited[0])):
         out = tmp_path / f"{name}.json"
         rc = main(["eval", str(path), "--ppl", str(text_file), "--seqlen", "32", "--max-windows", "2",
-                   "--device", "cpu", "--json", str(out)])
+                   "--tasks", "none", "--device", "cpu", "--json", str(out)])
         assert rc == 0
         scores[name] = json.loads(out.read_text())["perplexity"]["ppl"]
     assert scores["edited"] == scores["original"]
@@ -124,7 +124,7 @@ def test_eval_of_an_edited_checkpoint_scores_like_the_original(pruned, edited, t
 def test_stock_transformers_still_loads_the_checkpoint(pruned):
     path, expected = pruned
     stock = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32).eval()
-    assert type(stock).__module__ != "selfprune.pruning.remote_code.modeling_selfprune"  # the checkpoint's own copy
+    assert type(stock).__module__ != "selfprune.models.remote_code.modeling_selfprune"  # the checkpoint's own copy
     with torch.no_grad():
         assert torch.equal(stock(IDS).logits, expected)
 
@@ -164,7 +164,8 @@ def test_foreign_code_runs_only_with_the_flag(dense_dir, text_file, tmp_path):
     marker = tmp_path / "marker"
     folder = _with_auto_map(dense_dir, tmp_path / "model", marker)
     env = {"HF_MODULES_CACHE": str(tmp_path / "modules")}  # where transformers copies the code it runs
-    eval_args = ("eval", folder, "--ppl", text_file, "--seqlen", "32", "--max-windows", "1", "--device", "cpu")
+    eval_args = ("eval", folder, "--ppl", text_file, "--seqlen", "32", "--max-windows", "1", "--tasks", "none",
+                 "--device", "cpu")
 
     refused = _cli(*eval_args, env=env)
     assert refused.returncode == 2

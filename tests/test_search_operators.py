@@ -6,17 +6,17 @@ import json
 
 import numpy as np
 import pytest
+from synthetic import synthetic_problem
 
 from selfprune.evolution.genome import GenomeSpace
 from selfprune.evolution.llm.backends import RandomBackend, make_backend
 from selfprune.evolution.llm.operator import LLMOperator, LLMSettings
 from selfprune.evolution.loop import Search, SearchConfig
-from selfprune.evolution.operators.base import Context
 from selfprune.evolution.operators.classic import gaussian_mutation
 from selfprune.evolution.operators.seeds import importance_vector, level_switches, mlp_unit, prior_shapes
+from selfprune.evolution.operators.types import Context
 from selfprune.evolution.strategies import get_strategy, make_operator, strategy_config
 from selfprune.options import SearchOptions
-from synthetic import synthetic_problem
 
 
 def space_of(layers=16, target=0.3, **kw):

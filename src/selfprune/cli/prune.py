@@ -41,14 +41,22 @@ SEARCH_PRUNE_FIELDS = ("metric", "calib", "calib_samples", "calib_seqlen", "attn
 
 
 def search_settings(rates_file: str):
-    """(prune options, seed, config path) of the search that wrote ``rates_file``, or None for rates from
-    elsewhere: a `selfprune search` folder's config.json (beside the rates, or one up for an operator's own
-    folder), or a `selfprune run` directory's config.yaml (DIR/search/<operator>/best.json)."""
+    """(prune options, seed, source) of the search that wrote ``rates_file``, or None for rates from
+    elsewhere: what the rates file itself records (``made_with``), else -- a file from before it did --
+    a `selfprune search` folder's config.json (beside the rates, or one up for an operator's own folder),
+    or a `selfprune run` directory's config.yaml (DIR/search/<operator>/best.json)."""
     import json
     from pathlib import Path
 
     import yaml
 
+    try:
+        made_with = json.loads(Path(rates_file).read_text()).get("made_with")
+    except (OSError, ValueError, AttributeError):
+        made_with = None
+    if isinstance(made_with, dict) and isinstance(made_with.get("prune"), dict):
+        prune = {k: made_with["prune"][k] for k in SEARCH_PRUNE_FIELDS if k in made_with["prune"]}
+        return prune, made_with.get("seed", 0), rates_file
     folder = Path(rates_file).parent
     for path in (folder / "config.json", folder.parent / "config.json", folder.parent.parent / "config.yaml"):
         if path.is_file():

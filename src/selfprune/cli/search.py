@@ -37,6 +37,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    import json
     from pathlib import Path
 
     from selfprune.atomic import atomic_write_json, normal_permissions, replace_dir
@@ -85,8 +86,9 @@ def run(args) -> int:
         print(format_report(result.report))
     if len(found.results) > 1:
         winner = found.best
+        made_with = json.loads((work / found.winner / "best.json").read_text()).get("made_with")
         atomic_write_json(work / "best.json", {"rates": winner.best.genome.to_rates(), "fitness": winner.best.fitness,
-                                               "operator": found.winner})
+                                               "operator": found.winner, "made_with": made_with})
         print(f"best operator: {found.winner}")
     write_marker(work, SEARCH, complete=True)
     normal_permissions(work)
@@ -100,12 +102,7 @@ def check_resume(out, cfg) -> None:
     """Every checkpoint under ``out`` is readable and was made with the settings given now (those
     known before the model loads; the data hashes and the rest are checked when each resumes)."""
     from selfprune.errors import SelfpruneError
-    from selfprune.evolution.loop import (
-        CHECKPOINT,
-        PREVIOUS,
-        read_checkpoint,
-        setup_mismatch,
-    )
+    from selfprune.evolution.checkpoint import CHECKPOINT, PREVIOUS, read_checkpoint, setup_mismatch
 
     p, s = cfg.prune, cfg.search
     now = {"model": cfg.model, "seed": cfg.seed, "metric": p.metric, "calib": p.calib, "calib_samples": p.calib_samples,

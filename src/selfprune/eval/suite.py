@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from selfprune.options import EvalOptions
+from selfprune.eval.options import EvalOptions
 
 
 class EvalSuite:

@@ -9,9 +9,7 @@ deterministic operator, reaches the same result as an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,20 +17,17 @@ from typing import Any
 
 import numpy as np
 
+from selfprune.atomic import atomic_write_json
 from selfprune.errors import SelfpruneError
 from selfprune.evolution.budget import Budget
-from selfprune.atomic import atomic_write_json
-from selfprune.evolution.transcript import Transcript
+from selfprune.evolution.checkpoint import (CHECKPOINT_VERSION, fixed_settings, read_checkpoint, setup_mismatch,
+                                            write_checkpoint)
 from selfprune.evolution.evaluator import Evaluator
 from selfprune.evolution.genome import Genome, GenomeSpace, RepairStats
-from selfprune.evolution.operators.base import Context, Individual, MoveRecord, Operator, Proposal
+from selfprune.evolution.operators.base import Operator
 from selfprune.evolution.operators.seeds import INITS, level_switches
-
-CHECKPOINT = "checkpoint.json"
-PREVIOUS = "checkpoint.prev.json"  # the checkpoint before the last one: what a torn write falls back to
-CHECKPOINT_VERSION = 2
-_KEYS = ("version", "config", "space", "operator", "setup", "generation", "population", "history", "origins", "moves",
-         "next_id", "stalled", "wall", "rng", "budget", "repairs", "evaluator", "operator_state", "transcript_lines")
+from selfprune.evolution.operators.types import Context, Individual, Move, MoveRecord, Proposal
+from selfprune.evolution.transcript import Transcript
 
 
 @dataclass(frozen=True)
@@ -65,66 +60,6 @@ class SearchConfig:
         d = asdict(self)
         d["stage_keep"] = list(self.stage_keep) if self.stage_keep else None
         return d
-
-
-# A resume may extend these; everything else must match the checkpoint.
-_EXTENDABLE = ("generations", "max_evals", "max_tokens")
-
-
-def _fixed(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in _EXTENDABLE}
-
-
-def _readable(path: Path) -> tuple[dict[str, Any] | None, str]:
-    """The checkpoint at ``path``, or None and why it cannot be used."""
-    try:
-        snap = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None, "missing"
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return None, f"not valid JSON ({type(exc).__name__})"
-    if not isinstance(snap, dict):
-        return None, "not a checkpoint"
-    if snap.get("version") != CHECKPOINT_VERSION:
-        return None, f"written by another selfprune version (checkpoint format {snap.get('version')!r})"
-    missing = [k for k in _KEYS if k not in snap]
-    if missing:
-        return None, f"incomplete (no {', '.join(missing[:3])})"
-    return snap, ""
-
-
-def read_checkpoint(folder: str | Path, quiet: bool = False) -> dict[str, Any] | None:
-    """The checkpoint in ``folder`` (None when there is none); an unreadable one falls back to the
-    previous one beside it, said so (unless ``quiet``: a check before the resume itself), and
-    without either it is one clear SelfpruneError."""
-    folder = Path(folder)
-    ckpt, prev = folder / CHECKPOINT, folder / PREVIOUS
-    if not ckpt.exists() and not prev.exists():
-        return None
-    snap, why = _readable(ckpt)
-    if snap is not None:
-        return snap
-    older, why_prev = _readable(prev)
-    if older is not None:
-        if not quiet:
-            print(f"{ckpt} is {why}; resuming from {prev} (one generation earlier)", flush=True)
-        return older
-    raise SelfpruneError(f"cannot resume: {ckpt} is {why} and {prev.name} is {why_prev}; "
-                         "use a new --out folder")
-
-
-def setup_mismatch(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
-    """The first setting both record with different values, as "name: saved -> now"."""
-    for key in sorted(set(saved) & set(now)):
-        a, b = saved[key], now[key]
-        if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
-            return f"{key} {_show(a)}, now {_show(b)}"
-    return None
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass
@@ -362,20 +297,11 @@ class Search:
             return
         t0 = time.perf_counter()
         snap = self._snapshot()
-        current = self.out_dir / CHECKPOINT
-        # Keep the last good one: a torn or corrupted write falls back to it. A current file that is
-        # itself unreadable (the one a resume fell back from) must not replace the good previous one.
-        # A rename, not a copy: a kill before the new write leaves no current file, and a resume then
-        # falls back to the previous one, as it does for a torn one.
-        if _readable(current)[0] is not None:
-            os.replace(current, self.out_dir / PREVIOUS)
-        atomic_write_json(current, snap)
+        write_checkpoint(self.out_dir, snap)
         self.budget.add_seconds("checkpoint", time.perf_counter() - t0)
 
     def _load(self, snap: dict[str, Any]) -> None:
-        from selfprune.evolution.operators.base import Move
-
-        differs = (setup_mismatch(_fixed(snap["config"]), _fixed(self.config.to_json()))
+        differs = (setup_mismatch(fixed_settings(snap["config"]), fixed_settings(self.config.to_json()))
                    or setup_mismatch(snap["space"], self.space.to_json())
                    or setup_mismatch({"operator": snap["operator"]}, {"operator": self.operator.name})
                    or setup_mismatch(snap["setup"], self.setup()))
@@ -437,6 +363,7 @@ class Search:
             atomic_write_json(self.out_dir / "best.json", {
                 "rates": best.genome.to_rates(), "fitness": best.fitness, "target": self.space.target,
                 "budget": self.space.budget, "achieved": report["achieved"], "origin": best.origin,
+                **({"made_with": self.meta["made_with"]} if "made_with" in self.meta else {}),
             })
             atomic_write_json(self.out_dir / "history.json", self.state.history)
             atomic_write_json(self.out_dir / "report.json", {**report, "config": self.config.to_json(),

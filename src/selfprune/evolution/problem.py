@@ -16,10 +16,11 @@ import torch
 from selfprune.data.calibration import calibration_text, token_blocks
 from selfprune.evolution.fitness import PruningFitness
 from selfprune.evolution.objectives import get_objective
+from selfprune.evolution.options import SearchOptions
 from selfprune.models.adapter import get_adapter
-from selfprune.options import PruneOptions, SearchOptions
 from selfprune.pruning.apply import order_by_importance
 from selfprune.pruning.importance import ImportanceScores, compute_importance
+from selfprune.pruning.options import PruneOptions
 from selfprune.pruning.pipeline import calibration_blocks, check_ratio
 from selfprune.pruning.plan import attention_levels
 

@@ -17,10 +17,11 @@ from selfprune.evolution.genome import Genome, GenomeSpace
 from selfprune.evolution.llm.backends import make_backend
 from selfprune.evolution.llm.operator import LLMSettings
 from selfprune.evolution.loop import Search, SearchResult
+from selfprune.evolution.options import SearchOptions
 from selfprune.evolution.parallel import ParallelFitness, import_ray
 from selfprune.evolution.problem import SearchProblem, build_search_problem
 from selfprune.evolution.strategies import get_strategy
-from selfprune.options import PruneOptions, SearchOptions
+from selfprune.pruning.options import PruneOptions
 
 RESULT_FILES = ("history.json", "best.json", "report.json")
 
@@ -88,6 +89,10 @@ def search(model, tokenizer, ratio: float, prune: PruneOptions | None = None, op
     ``trust_remote_code``: a ``local:`` operator model may run the code it ships.
     """
     prune, options = prune or PruneOptions(), options or SearchOptions()
+    # What decides which heads and channels the rates keep: each best.json carries it, so pruning with them
+    # keeps what the search scored without any other file.
+    meta = {"made_with": {"model": (meta or {}).get("model"), "ratio": ratio, "seed": seed,
+                          "prune": prune.model_dump(mode="json")}, **(meta or {})}
     parallel = options.workers > 1 or options.ray_address is not None
     if parallel:
         import_ray()  # before the calibration pass: a missing extra fails fast

@@ -22,6 +22,7 @@ from filelock import FileLock
 
 from selfprune.atomic import atomic_directory
 from selfprune.errors import SelfpruneError
+from selfprune.models.streaming import CALIB_DEVICE_ATTR
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -214,8 +215,6 @@ def load_model(model: str, dtype: str | torch.dtype = torch.float32, device: str
         if _fits(model_obj, device):
             model_obj.to(device)
         else:
-            from selfprune.pruning.importance import CALIB_DEVICE_ATTR
-
             setattr(model_obj, CALIB_DEVICE_ATTR, device)
             print(f"the model does not fit on {device}: it stays on the CPU and is calibrated one layer at a time on "
                   f"{device}; use --device-map auto to run it sharded over the GPUs", file=sys.stderr, flush=True)
@@ -286,7 +285,7 @@ def check_remote_code(path: str, trust_remote_code: bool = False, label: str | N
 
 
 def _note_edited_code(path: Path) -> None:
-    from selfprune.pruning.remote_code import is_shipped
+    from selfprune.models.remote_code import is_shipped
 
     modeling_file = path / "modeling_selfprune.py"
     if modeling_file.is_file() and not is_shipped(modeling_file):
@@ -310,6 +309,6 @@ def _selfprune_class(config: dict):
     base_class = getattr(transformers, base, None) if base.isidentifier() else None
     if not (isinstance(base_class, type) and issubclass(base_class, PreTrainedModel)):
         return None
-    from selfprune.pruning.remote_code import modeling_selfprune
+    from selfprune.models.remote_code import modeling_selfprune
 
     return getattr(modeling_selfprune, name)

@@ -20,6 +20,14 @@ from torch import nn
 
 ALIGN = 64  # bytes: every tensor in a packed buffer starts at a multiple of this
 
+# A model too big for its device stays on the CPU; load_model names the device it is calibrated on here.
+CALIB_DEVICE_ATTR = "selfprune_calib_device"
+
+
+def calibration_device(model) -> str | None:
+    """The device ``load_model`` named for calibrating ``model`` one layer at a time, if any."""
+    return getattr(model, CALIB_DEVICE_ATTR, None)
+
 
 def _tensors(layer: nn.Module) -> list[tuple[nn.Module, str, bool, torch.Tensor]]:
     """Every parameter and buffer of ``layer`` once: (owner, name, is_parameter, tensor)."""

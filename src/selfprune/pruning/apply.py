@@ -18,12 +18,9 @@ from torch import nn
 from selfprune import __version__
 from selfprune.errors import SelfpruneError
 from selfprune.models.adapter import ModelAdapter
+from selfprune.models.remote_code.modeling_selfprune import SkippedAttention, SkippedMLP
 from selfprune.pruning.importance import ImportanceScores
 from selfprune.pruning.plan import LayerPlan, PruningPlan
-from selfprune.pruning.remote_code.modeling_selfprune import (
-    SkippedAttention,
-    SkippedMLP,
-)
 
 
 def head_rows(head_ids: list[int], head_dim: int, device) -> torch.Tensor:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from selfprune.atomic import atomic_directory
 from selfprune.errors import SelfpruneError
+from selfprune.models.remote_code import modeling_selfprune
 from selfprune.outputs import PRUNED_MODEL, check_out_dir, write_marker
 from selfprune.pruning.architecture import mark_architecture
-from selfprune.pruning.remote_code import modeling_selfprune
 
 REMOTE_CODE_FILE = "modeling_selfprune.py"
 

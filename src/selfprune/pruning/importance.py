@@ -25,11 +25,10 @@ from tqdm.auto import tqdm
 
 from selfprune.errors import SelfpruneError
 from selfprune.models.adapter import ModelAdapter
-from selfprune.models.streaming import LayerStream
+from selfprune.models.streaming import LayerStream, calibration_device
 from selfprune.pruning.metrics import get_metric
 
 OWL_OUTLIER_FACTOR = 5.0
-CALIB_DEVICE_ATTR = "selfprune_calib_device"  # set by load_model on a model left on the CPU
 
 
 @dataclass
@@ -221,7 +220,7 @@ def compute_importance(
     if blocks is None or len(blocks) == 0:
         raise SelfpruneError("importance needs calibration blocks (at least one sequence)")
     home = next(adapter.model.parameters()).device
-    device = torch.device(device or getattr(adapter.model, CALIB_DEVICE_ATTR, None) or home)
+    device = torch.device(device or calibration_device(adapter.model) or home)
     if layerwise is None:
         same = device.type == home.type and (device.index is None or device.index == home.index)
         layerwise = not same and not getattr(adapter.model, "hf_device_map", None)

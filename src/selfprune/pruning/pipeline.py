@@ -16,7 +16,7 @@ from selfprune.pruning.apply import apply_plan
 from selfprune.pruning.checkpoint import save_pruned
 from selfprune.pruning.importance import ImportanceScores, compute_importance
 from selfprune.pruning.metrics import get_metric
-from selfprune.options import PruneOptions
+from selfprune.pruning.options import PruneOptions
 from selfprune.pruning.plan import PruningPlan, make_plan, prunable_params
 
 

@@ -1,11 +1,16 @@
-"""Recovery options: what shapes a run, checked before anything is loaded (no torch import here)."""
+"""Recovery options: what shapes a recovery run, checked before anything is loaded (no torch import here),
+and the recovery stage of ``selfprune run``."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Literal
+
+from pydantic import Field
 
 from selfprune.errors import SelfpruneError
+from selfprune.options import Options
 
 DEFAULT_SOURCE = "lambada"
 METHODS = ("kd", "lora-kd", "lm")
@@ -104,3 +109,23 @@ class RecoverOptions:
 
     def uses_teacher(self) -> bool:
         return self.method in ("kd", "lora-kd")
+
+
+class RecoverStageOptions(Options):
+    """Distillation of the pruned model toward the dense one after the training-free result is
+    measured (as ``selfprune recover``); off unless asked for. Defaults are ``RecoverOptions``'s."""
+
+    enabled: bool = Field(False, description="distil the pruned model toward the dense one and report it beside "
+                          "the pruned one (DIR/recovered)")
+    method: Literal[METHODS] = Field(RecoverOptions.method, description="kd: logit distillation, all "
+                                             "parameters; lora-kd: LoRA adapters, merged at save; lm: next-token loss")
+    tokens: int = Field(RecoverOptions.tokens, ge=1, description="training tokens")
+    seqlen: int = Field(RecoverOptions.seqlen, ge=2, description="tokens per training sequence")
+    batch: int = Field(RecoverOptions.batch, ge=1, description="sequences per step")
+    lr: float | None = Field(None, gt=0, description="peak learning rate (default: the method's)")
+    data: str = Field(RecoverOptions.data, description="training text: lambada, a text FILE or a hub dataset id "
+                      "(never the evaluation text)")
+
+    def to_recover_options(self, **settings) -> RecoverOptions:
+        fields = self.model_dump(exclude={"enabled"})
+        return RecoverOptions(**fields, **settings).validate()

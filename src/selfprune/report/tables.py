@@ -141,3 +141,24 @@ def markdown_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
     out = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
+
+
+def format_speed_table(result: dict) -> str:
+    """A plain-text table: one row per model, speed-ups and their ratio to the ideal."""
+    rows, comp = result["models"], result["comparison"]
+    first = next(iter(rows.values()))
+    shapes, batches = list(first["prefill_ms"]), list(first["decode_tok_s"])
+    header = ["model", "params(M)", "GMACs", "peak MB"] + [f"prefill {s} ms" for s in shapes] + \
+             [f"decode b{b} tok/s" for b in batches] + ["ideal x"] + [f"prefill {s} x (/ideal)" for s in shapes] + \
+             [f"decode b{b} x (/ideal)" for b in batches]
+    lines = []
+    for name, row in rows.items():
+        c = comp[name]
+        peak = f"{row['peak_mb']:.0f}" if row["peak_mb"] is not None else "n/a"
+        lines.append([name, f"{row['params'] / 1e6:.1f}", f"{row['macs'] / 1e9:.2f}", peak]
+                     + [f"{row['prefill_ms'][s]:.1f}" for s in shapes]
+                     + [f"{row['decode_tok_s'][b]:.1f}" for b in batches]
+                     + [f"{c['ideal']:.2f}"]
+                     + [f"{c['prefill_speedup'][s]:.2f} ({c['prefill_vs_ideal'][s]:.2f})" for s in shapes]
+                     + [f"{c['decode_speedup'][b]:.2f} ({c['decode_vs_ideal'][b]:.2f})" for b in batches])
+    return text_table(header, lines)

@@ -36,10 +36,11 @@ import numpy as np
 from selfprune.errors import SelfpruneError
 from selfprune.evolution.llm.backends import ChatBackend, Reply, ServerFault
 from selfprune.evolution.llm.constrained import crossover_template, moves_template, shape_template
-from selfprune.evolution.operators.base import Context, Individual, Operator, Proposal
+from selfprune.evolution.llm.replies import ReplyError, extract_json, parse_crossover, parse_moves, parse_shape
+from selfprune.evolution.operators.base import Operator
 from selfprune.evolution.operators.classic import GAOperator, tournament
 from selfprune.evolution.operators.seeds import filler, seed_proposals
-from selfprune.evolution.llm.replies import ReplyError, extract_json, parse_crossover, parse_moves, parse_shape
+from selfprune.evolution.operators.types import Context, Individual, Proposal
 
 
 def load_prompt(name: str) -> Template:

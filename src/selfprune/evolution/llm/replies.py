@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from selfprune.evolution.genome import GenomeSpace, resample
-from selfprune.evolution.operators.base import Move
+from selfprune.evolution.operators.types import Move
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|NaN|inf")
 

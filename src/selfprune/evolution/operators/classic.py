@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from selfprune.evolution.genome import GenomeSpace
-from selfprune.evolution.operators.base import Context, Individual, Operator, Proposal
-from selfprune.evolution.operators.seeds import (level_switches, owl_vector, random_vector, switch_count,
-                                                  uniform_vector)
+from selfprune.evolution.operators.base import Operator
+from selfprune.evolution.operators.seeds import level_switches, owl_vector, random_vector, switch_count, uniform_vector
+from selfprune.evolution.operators.types import Context, Individual, Proposal
 
 __all__ = ["FixedOperator", "RandomOperator", "GAOperator", "EvoPressOperator", "uniform_vector", "owl_vector",
            "random_vector", "tournament", "two_point_crossover", "gaussian_mutation"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from selfprune.evolution.genome import GenomeSpace
-from selfprune.evolution.operators.base import Context, Move, Proposal
+from selfprune.evolution.operators.types import Context, Move, Proposal
 
 INITS = ("seeded", "noise")
 IMPORTANCE_SPREADS = {"importance": 0.3, "importance-strong": 0.6}  # relative deviation from the target
