@@ -144,7 +144,7 @@ def test_search_cli_runs_several_operators_on_one_budget(tmp_path, default_model
 
 # The layers of the package, lowest first; a module may import its own layer and those below.
 LAYERS = [
-    ("errors", "atomic", "versions", "options"),
+    ("errors", "atomic", "versions", "options", "results"),
     ("outputs", "data"),
     ("models",),
     ("pruning",),

@@ -55,7 +55,8 @@ def run_dir(tmp_path, tiny_model):
                     "fitness": "ppl", "fitness_samples": [1], "fitness_seqlen": 256, "fitness_tokens": 256},
         "search": {"operators": operators,
                    "uniform": {"attn": list(uniform.attn), "mlp": list(uniform.mlp),
-                               "fitness": problem.fitness(*uniform.arrays(), stage=1)}},
+                               "fitness": problem.fitness(*uniform.arrays(), stage=1)},
+                   "best": {**operators[winner]["best"], "operator": winner}},
         "best": {**operators[winner]["best"], "operator": winner},
         "prune": pruned.summary,
         "models": {"dense": {"params": count_params(dense), "perplexity": None, "zeroshot": None},
@@ -64,7 +65,7 @@ def run_dir(tmp_path, tiny_model):
         "budget": {"fitness_evals": sum(o["report"]["budget"]["total_evals"] for o in operators.values()),
                    "fitness_tokens": 1, "llm_tokens": 0, "search_seconds": 1.0, "total_seconds": 2.0},
         "warnings": ["perplexity skipped: WikiText-2 cannot be loaded (offline?)"],
-        "files": {"model": None},
+        "files": {"config": "config.yaml", "environment": "environment.json", "model": None},
     }
     (tmp_path / "results.json").write_text(json.dumps(results))
     return tmp_path
@@ -78,7 +79,7 @@ def test_report_of_three_operators_without_perplexity(run_dir):
     for name in ("ga", "evopress", "llm"):
         assert f"| {name} |" in report
     # The LLM's counters as the search counted them: how many of its replies were proposals of its own.
-    stats = results["search"]["operators"]["llm"]["report"]["operator_stats"]
+    stats = results.search.operators["llm"].report.operator_stats.to_json()
     assert stats["distinct"] > 0
     echoes = stats["example_answers"]
     assert (f"{stats['distinct']} distinct proposals (of them the prompt's own example answer: {echoes['mutate']} "
@@ -86,7 +87,7 @@ def test_report_of_three_operators_without_perplexity(run_dir):
             f"{stats['copies']} copies of an example shape (dropped); {stats['fallbacks']} fallbacks") in report
     assert "perplexity" not in report.split("## Dense vs pruned", 1)[1].split("## Budget", 1)[0]
     assert "> warning: perplexity skipped" in report
-    assert f"| parameters | {results['models']['dense']['params']:,} | {results['models']['pruned']['params']:,} |" in report
+    assert f"| parameters | {results.models['dense']['params']:,} | {results.models['pruned']['params']:,} |" in report
     for png in ("convergence.png", "rates.png", "overview.png"):
         assert (run_dir / png).stat().st_size > 10_000
     # The rebuild is deterministic.
@@ -96,7 +97,7 @@ def test_report_of_three_operators_without_perplexity(run_dir):
 def test_convergence_draws_best_and_median_per_operator_and_the_uniform_line(run_dir):
     results, histories = load_run(run_dir)
     fig, ax = plt.subplots()
-    convergence(ax, histories, results["search"]["uniform"]["fitness"], results["problem"])
+    convergence(ax, histories, results.search.uniform.fitness, results.problem)
     labels = [line.get_label() for line in ax.get_lines()]
     assert labels == ["ga: best", "ga: median", "evopress: best", "evopress: median", "llm: best", "llm: median",
                       "uniform rates"]
@@ -123,6 +124,7 @@ def test_summary_says_when_no_llm_reply_was_usable():
     from selfprune.evolution.loop import Search
     from selfprune.evolution.strategies import make_operator, strategy_config
     from selfprune.report.summary import _no_llm_note
+    from selfprune.results import SearchReport
     from synthetic import synthetic_problem
 
     class Garbage(ChatBackend):
@@ -138,6 +140,19 @@ def test_summary_says_when_no_llm_reply_was_usable():
         operator = make_operator("llm", backend, LLMSettings(share=1.0))
         result = Search(space, problem.fitness, operator, strategy_config("llm", 4, 2, 2, 2, seed=0),
                         profiles=problem.profiles).run()
-        results = {"best": {"operator": "llm"}, "search": {"operators": {"llm": {"report": result.report}}}}
-        notes[backend.name] = _no_llm_note(results)
+        notes[backend.name] = _no_llm_note(SearchReport.model_validate(result.report).operator_stats)
     assert "no LLM reply was usable" in notes["garbage"] and notes["random"] == ""
+
+
+def test_results_are_typed_records_that_round_trip_and_name_a_bad_field(run_dir):
+    from selfprune.results import RunResults
+
+    raw = json.loads((run_dir / "results.json").read_text())
+    typed = RunResults.model_validate(raw)
+    assert typed.to_json() == raw  # nothing added, nothing lost: what was written reads back the same
+    assert typed.search.operators["llm"].report.budget.total_evals == raw["search"]["operators"]["llm"]["report"][
+        "budget"]["total_evals"]
+    raw["budget"]["fitness_evals"] = "many"
+    (run_dir / "results.json").write_text(json.dumps(raw))
+    with pytest.raises(SelfpruneError, match=r"is not a run's results.json \(budget.fitness_evals: "):
+        build_report(run_dir)

@@ -36,6 +36,7 @@ from selfprune.preflight import Preflight, check_run
 from selfprune.pruning.pipeline import prune_model
 from selfprune.recover.distill import recover
 from selfprune.report import build_report
+from selfprune.results import RESULTS_FORMAT, RunResults, SearchRecord
 from selfprune.stages import Stages, log, logging_to
 from selfprune.versions import versions
 
@@ -44,7 +45,6 @@ CONFIG = "config.yaml"
 ENVIRONMENT = "environment.json"
 LOG = "run.log"
 PROGRESS = "progress.json"  # the results of completed stages, until the run is complete
-RESULTS_FORMAT = 1
 
 
 @dataclass
@@ -273,26 +273,26 @@ def _stages(cfg: RunConfig, pre: Preflight, work: Path, stage: Stages, progress:
             bar.update(1)
         del dense
 
-    reports = [o["report"] for o in searched["operators"].values()]
-    return {
+    search_record = SearchRecord.model_validate({k: v for k, v in searched.items() if k != "problem"})
+    reports = [o.report for o in search_record.operators.values()]
+    return RunResults.model_validate({
         "format": RESULTS_FORMAT,
         "model": cfg.model,
         "ratio": cfg.ratio,
         "preset": cfg.preset,
         "seed": cfg.seed,
         "problem": searched["problem"],
-        "search": {k: v for k, v in searched.items() if k != "problem"},
+        "search": search_record,
         "best": best,
         "prune": pruned.summary,
         "models": models,
         "speed": speed,
         "export": exported,
         "budget": {
-            "fitness_evals": sum(r["budget"]["total_evals"] for r in reports),
-            "fitness_tokens": sum(r["budget"]["total_tokens"] for r in reports),
-            "llm_tokens": sum((r["operator_stats"].get("prompt_tokens", 0) or 0)
-                              + (r["operator_stats"].get("completion_tokens", 0) or 0) for r in reports),
-            "search_seconds": round(sum(r["budget"]["seconds"].get("total", 0.0) for r in reports), 3),
+            "fitness_evals": sum(r.budget.total_evals for r in reports),
+            "fitness_tokens": sum(r.budget.total_tokens for r in reports),
+            "llm_tokens": sum(r.operator_stats.prompt_tokens + r.operator_stats.completion_tokens for r in reports),
+            "search_seconds": round(sum(r.budget.seconds.get("total", 0.0) for r in reports), 3),
             "stage_seconds": stage.seconds,
             "total_seconds": round(time.perf_counter() - t_start, 3),
         },
@@ -300,4 +300,4 @@ def _stages(cfg: RunConfig, pre: Preflight, work: Path, stage: Stages, progress:
         "files": {"config": CONFIG, "environment": ENVIRONMENT, "model": "model" if cfg.output.save_model else None,
                   "gguf": "model.gguf" if exported else None,
                   "recovered": "recovered" if cfg.recover.enabled and cfg.output.save_model else None},
-    }
+    }).to_json()

@@ -37,7 +37,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import json
     from pathlib import Path
 
     from selfprune.atomic import atomic_write_json, normal_permissions, replace_dir
@@ -126,31 +125,30 @@ def check_resume(out, cfg) -> None:
 
 
 def format_report(report: dict) -> str:
-    from selfprune.evolution.llm.operator import (
-        proposals_summary,
-        server_faults_summary,
-    )
+    from selfprune.evolution.llm.operator import proposals_summary, server_faults_summary
+    from selfprune.results import SearchReport
 
-    b = report["budget"]
+    r = SearchReport.model_validate(report)
+    b = r.budget
     lines = [
-        f"operator {report['operator']}: best fitness {report['best_fitness']:.4g} after {report['generations']} "
-        f"generations (budget achieved {report['achieved']:.4f})",
-        f"evaluations {b['total_evals']} ({json.dumps(b['evals'])}), fitness tokens {b['total_tokens']:,}, "
-        f"cache hits {b['cache_hits']}, duplicates {b['duplicates']} (dropped {b['dropped']})",
-        "repairs: " + ", ".join(f"{k} {v}" for k, v in report["repairs"].items()),
-        "seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in b["seconds"].items()),
+        f"operator {r.operator}: best fitness {r.best_fitness:.4g} after {r.generations} "
+        f"generations (budget achieved {r.achieved:.4f})",
+        f"evaluations {b.total_evals} ({json.dumps(b.evals)}), fitness tokens {b.total_tokens:,}, "
+        f"cache hits {b.cache_hits}, duplicates {b.duplicates} (dropped {b.dropped})",
+        "repairs: " + ", ".join(f"{k} {v}" for k, v in r.repairs.items()),
+        "seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in b.seconds.items()),
     ]
-    op = report.get("operator_stats") or {}
-    if op:
-        rate = op.get("valid_rate")
+    op = r.operator_stats
+    if op.backend is not None:  # the LLM operator's; classical operators keep no statistics
+        rate = op.valid_rate
         lines.append(
-            f"LLM ({op['backend']}): {op['calls']} calls, {op['replies']} replies, valid "
-            f"{'n/a' if rate is None else f'{rate:.0%}'}, invalid {json.dumps(op['invalid'])}, retries {op['retries']}, "
-            f"fallbacks {op['fallbacks']}, tokens {op['prompt_tokens']:,} prompt + {op['completion_tokens']:,} completion, "
-            f"{op['seconds']:.1f} s" + (f" ({op['seconds_per_reply']:.2f} s per reply)" if op.get("seconds_per_reply") else "")
+            f"LLM ({op.backend}): {op.calls} calls, {op.replies} replies, valid "
+            f"{'n/a' if rate is None else f'{rate:.0%}'}, invalid {json.dumps(op.invalid)}, retries {op.retries}, "
+            f"fallbacks {op.fallbacks}, tokens {op.prompt_tokens:,} prompt + {op.completion_tokens:,} completion, "
+            f"{op.seconds:.1f} s" + (f" ({op.seconds_per_reply:.2f} s per reply)" if op.seconds_per_reply else "")
         )
-        lines.append(f"LLM: {proposals_summary(op)}")
-        faults = server_faults_summary(op)
+        lines.append(f"LLM: {proposals_summary(op.to_json())}")
+        faults = server_faults_summary(op.to_json())
         if faults:
             lines.append(f"LLM: {faults}")
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from selfprune.evolution.operators.base import Operator
 from selfprune.evolution.operators.seeds import INITS, level_switches
 from selfprune.evolution.operators.types import Context, Individual, Move, MoveRecord, Proposal
 from selfprune.evolution.transcript import Transcript
+from selfprune.results import SearchReport
 
 
 @dataclass(frozen=True)
@@ -345,7 +346,7 @@ class Search:
     def report(self) -> dict[str, Any]:
         best = self.state.population[0]
         self.budget.seconds["total"] = round(self._wall(), 3)
-        return {
+        return SearchReport.model_validate({
             "operator": self.operator.name,
             "best_fitness": best.fitness,
             "generations": self.state.generation,
@@ -354,7 +355,7 @@ class Search:
             "repairs": self.repairs.to_json(),
             "origins": self.state.origins,
             "operator_stats": self.operator.stats(),
-        }
+        }).to_json()
 
     def _finish(self) -> SearchResult:
         report = self.report()

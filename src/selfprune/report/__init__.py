@@ -6,20 +6,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from selfprune.errors import SelfpruneError
+from selfprune.results import RunResults
 
 REPORT = "report.md"
 
 
-def load_run(run_dir: str | Path) -> tuple[dict, dict[str, list[dict]]]:
+def load_run(run_dir: str | Path) -> tuple[RunResults, dict[str, list[dict]]]:
     """``results.json`` of a run directory and each operator's per-generation history."""
     run_dir = Path(run_dir)
     path = run_dir / "results.json"
     if not path.is_file():
         raise SelfpruneError(f"'{run_dir}' holds no results.json; pass the directory of a `selfprune run`")
-    results = _read_json(path)
+    raw = _read_json(path)
     try:
-        operators = {name: op["files"]["history.json"] for name, op in results["search"]["operators"].items()}
+        operators = {name: op["files"]["history.json"] for name, op in raw["search"]["operators"].items()}
     except (KeyError, TypeError, AttributeError):
         raise SelfpruneError(f"'{path}' lists no search operators with their history files; pass the directory "
                              "of a `selfprune run`") from None
@@ -29,6 +32,13 @@ def load_run(run_dir: str | Path) -> tuple[dict, dict[str, list[dict]]]:
         if not hist.is_file():
             raise SelfpruneError(f"the search history '{hist}' is missing; the report needs it for the convergence plot")
         histories[name] = _read_json(hist)
+    try:
+        results = RunResults.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "the top level"
+        raise SelfpruneError(f"'{path}' is not a run's results.json ({where}: {err['msg']}); pass the directory "
+                             "of a `selfprune run`") from None
     return results, histories
 
 

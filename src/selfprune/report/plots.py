@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from selfprune.results import Rates, RunResults  # noqa: E402
+
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 UNIFORM_COLOR = "#7f7f7f"
 
@@ -70,16 +72,16 @@ def layer_rates(ax, rates: list[float], uniform: list[float], title: str, color:
     ax.legend(fontsize=8, frameon=False, loc="upper right", ncol=2)
 
 
-def rates_panels(axes, best: dict, uniform: dict) -> None:
-    layer_rates(axes[0], best["attn"], uniform["attn"], "Attention: share of parameters removed per layer", COLORS[0])
-    layer_rates(axes[1], best["mlp"], uniform["mlp"], "MLP: share of parameters removed per layer", COLORS[1])
+def rates_panels(axes, best: Rates, uniform: Rates) -> None:
+    layer_rates(axes[0], best.attn, uniform.attn, "Attention: share of parameters removed per layer", COLORS[0])
+    layer_rates(axes[1], best.mlp, uniform.mlp, "MLP: share of parameters removed per layer", COLORS[1])
     axes[1].set_xlabel("layer")
 
 
-def write_plots(run_dir: Path, results: dict, histories: dict[str, list[dict]]) -> dict[str, str]:
+def write_plots(run_dir: Path, results: RunResults, histories: dict[str, list[dict]]) -> dict[str, str]:
     """convergence.png, rates.png and overview.png (both side by side) in ``run_dir``."""
-    search, problem = results["search"], results["problem"]
-    uniform_fitness = search["uniform"]["fitness"]
+    search, problem = results.search, results.problem
+    uniform_fitness = search.uniform.fitness
     files = {}
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
@@ -87,7 +89,7 @@ def write_plots(run_dir: Path, results: dict, histories: dict[str, list[dict]]) 
     files["convergence"] = _save(fig, run_dir / "convergence.png")
 
     fig, axes = plt.subplots(2, 1, figsize=(9, 5.5), dpi=120, sharex=True)
-    rates_panels(axes, results["best"], search["uniform"])
+    rates_panels(axes, results.best, search.uniform)
     files["rates"] = _save(fig, run_dir / "rates.png")
 
     fig = plt.figure(figsize=(14, 5), dpi=110)
@@ -95,8 +97,8 @@ def write_plots(run_dir: Path, results: dict, histories: dict[str, list[dict]]) 
     convergence(fig.add_subplot(grid[:, 0]), histories, uniform_fitness, problem)
     right = [fig.add_subplot(grid[0, 1])]
     right.append(fig.add_subplot(grid[1, 1], sharex=right[0]))
-    rates_panels(right, results["best"], search["uniform"])
-    fig.suptitle(f"selfprune: {results['model']} at ratio {results['ratio']:g}", fontweight="bold")
+    rates_panels(right, results.best, search.uniform)
+    fig.suptitle(f"selfprune: {results.model} at ratio {results.ratio:g}", fontweight="bold")
     files["overview"] = _save(fig, run_dir / "overview.png")
     return files
 

@@ -5,24 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfprune.report import tables as t
+from selfprune.results import OperatorStats, RunResults
 
 
-def summary_text(results: dict, run_dir: str | Path) -> str:
+def summary_text(results: RunResults | dict, run_dir: str | Path) -> str:
+    """What a run prints at its end, from its results (``results.json`` as written, or typed)."""
+    results = results if isinstance(results, RunResults) else RunResults.model_validate(results)
     run_dir = Path(run_dir)
-    best, prune = results["best"], results["prune"]
+    best, prune = results.best, results.prune
     lines = [
         "",
-        f"selfprune run: {results['model']} at ratio {results['ratio']:g} -> removed "
+        f"selfprune run: {results.model} at ratio {results.ratio:g} -> removed "
         f"{t.pct(prune['achieved_ratio_prunable'])}% of attention+MLP ({t.pct(prune['achieved_ratio_total'])}% of "
-        f"the model), rates from the '{best['operator']}' search{_no_llm_note(results)} "
-        f"(fitness {t.fitness(best['fitness'])} vs uniform {t.fitness(results['search']['uniform']['fitness'])})",
+        f"the model), rates from the '{best.operator}' search{_no_llm_note(_winner_stats(results))} "
+        f"(fitness {t.fitness(best.fitness)} vs uniform {t.fitness(results.search.uniform.fitness)})",
         "",
         t.text_table(t.comparison_header(results), t.comparison_rows(results)),
         "",
         "budget: " + ", ".join(f"{k} {v}" for k, v in t.budget_rows(results)),
     ]
-    lines += [f"warning: {w}" for w in results.get("warnings", [])]
-    model, gguf = results["files"].get("model"), results["files"].get("gguf")
+    lines += [f"warning: {w}" for w in results.warnings]
+    model, gguf = results.files.model, results.files.gguf
     lines += [
         "",
         f"report:  {run_dir / 'report.md'}",
@@ -34,10 +37,14 @@ def summary_text(results: dict, run_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _no_llm_note(results: dict) -> str:
+def _winner_stats(results: RunResults) -> OperatorStats | None:
+    winner = results.search.operators.get(results.best.operator)
+    return winner.report.operator_stats if winner else None
+
+
+def _no_llm_note(stats: OperatorStats | None) -> str:
     """An LLM search whose every reply was unusable ran on the classical operator alone: say so."""
-    stats = results["search"]["operators"].get(results["best"]["operator"], {}).get("report", {}).get("operator_stats")
-    if not stats or stats.get("valid", 1):
+    if stats is None or stats.backend is None or stats.valid:
         return ""
     return " (no LLM reply was usable: the classical operator wrote every proposal)"
 

@@ -1,12 +1,15 @@
 """Rows of the dense-versus-pruned comparison and of the budget, as text cells.
 
 The markdown report and the console summary print the same rows, so a number reads the same
-everywhere; every cell is formatted from ``results.json`` by the functions below.
+everywhere; every cell is formatted from a run's typed results (``results.RunResults``) by the functions
+below.
 """
 
 from __future__ import annotations
 
 import math
+
+from selfprune.results import RunResults
 
 
 def params(n: int | None) -> str:
@@ -54,16 +57,16 @@ def _change(before: float | None, after: float | None, kind: str) -> str:
     return f"{(after - before) / before:+.1%}" if before else ""
 
 
-def comparison_header(results: dict) -> list[str]:
+def comparison_header(results: RunResults) -> list[str]:
     """The comparison's columns: a "recovered" column when the run distilled the pruned model."""
-    recovered = ["recovered", "change (recovered)"] if results["models"].get("recovered") else []
+    recovered = ["recovered", "change (recovered)"] if results.models.get("recovered") else []
     return ["", "dense", "pruned", "change", *recovered]
 
 
-def comparison_rows(results: dict) -> list[tuple[str, ...]]:
+def comparison_rows(results: RunResults) -> list[tuple[str, ...]]:
     """(what, dense, pruned, change[, recovered, change]) for parameters, perplexity, zero-shot
     and speed; changes are against dense."""
-    models = results["models"]
+    models = results.models
     dense, pruned, recovered = models["dense"], models["pruned"], models.get("recovered")
 
     def row(label, get, fmt, kind):
@@ -91,7 +94,7 @@ def comparison_rows(results: dict) -> list[tuple[str, ...]]:
         rows.append(row(f"zero-shot average (%, {len(tasks)} tasks)",
                         lambda m: (m.get("zeroshot") or {}).get("average"), pct, "points"))
     same = ("as pruned", "") if recovered is not None else ()  # distillation keeps every shape
-    speed = results.get("speed")
+    speed = results.speed
     if speed:
         d, p, c = speed["models"]["dense"], speed["models"]["pruned"], speed["comparison"]["pruned"]
         for shape, value in p["prefill_ms"].items():
@@ -107,16 +110,16 @@ def comparison_rows(results: dict) -> list[tuple[str, ...]]:
     return rows
 
 
-def budget_rows(results: dict) -> list[tuple[str, str]]:
-    b = results["budget"]
+def budget_rows(results: RunResults) -> list[tuple[str, str]]:
+    b = results.budget
     rows = [
-        ("fitness evaluations", f"{b['fitness_evals']:,}"),
-        ("fitness tokens", f"{b['fitness_tokens']:,}"),
-        ("search time", seconds(b["search_seconds"])),
-        ("total run time", seconds(b["total_seconds"])),
+        ("fitness evaluations", f"{b.fitness_evals:,}"),
+        ("fitness tokens", f"{b.fitness_tokens:,}"),
+        ("search time", seconds(b.search_seconds)),
+        ("total run time", seconds(b.total_seconds)),
     ]
-    if b.get("llm_tokens"):
-        rows.insert(2, ("operator LLM tokens", f"{b['llm_tokens']:,}"))
+    if b.llm_tokens:
+        rows.insert(2, ("operator LLM tokens", f"{b.llm_tokens:,}"))
     return rows
 
 
