@@ -207,22 +207,61 @@ def recover(
     opts = _options(options, overrides)
     if opts.method == "lora-kd":
         lora.check_available()
+    student = _student(pruned, tokenizer)
+    state_dir, saved = _saved_state(opts)
+    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp_dtype = _autocast_dtype(opts.precision, device)
+    teacher_model, teacher_label = _teacher(opts, student, teacher, teacher_tokenizer, device, amp_dtype,
+                                            trust_remote_code)
+    data: RecoveryData = load_recovery_data(student.tokenizer, opts.data, opts.seqlen, opts.heldout_blocks, opts.seed,
+                                            exclude_texts, tokens_needed=opts.steps * opts.tokens_per_step)
+    student.model.to(device)
+    run = _setup(opts, student.model, data, device, amp_dtype, saved, state_dir)
+    after = _train(run, teacher_model, data, callback)
 
+    if opts.method == "lora-kd":
+        recovered = lora.merge_lora(run.model)
+        lora_targets = lora.target_modules(recovered)
+    else:
+        recovered, lora_targets = student.model, None
+    if opts.gradient_checkpointing:
+        recovered.gradient_checkpointing_disable()
+    recovered.eval()
+    summary = _summary(run, student.name, recovered, teacher_model, teacher_label, data, after, lora_targets,
+                       wall_start)
+    record = recovered.config.selfprune
+    record["recovery"] = _recovery_record(summary, record.get("recovery"))
+    return RecoverResult(recovered, student.tokenizer, summary, student.pruning_summary, state_dir, opts.keep_state)
+
+
+@dataclass
+class _Student:
+    """The pruned model to recover, its tokenizer, how to name it, and its pruning summary."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    pruning_summary: dict | None = None
+
+
+def _student(pruned, tokenizer) -> _Student:
+    """A checkpoint directory, an in-memory pruned model or a ``PruneResult`` as the student."""
     pruning_summary = None
     if hasattr(pruned, "model") and hasattr(pruned, "plan"):  # a PruneResult
         pruned, tokenizer, pruning_summary = pruned.model, tokenizer or pruned.tokenizer, pruned.summary
     if isinstance(pruned, (str, os.PathLike)):
-        student_name = str(pruned)
-        student, tokenizer, pruning_summary = inputs.load_student(pruned)
-    else:
-        student_name = "in-memory model"
-        student = pruned
-        if not inputs.pruning_record(student):
-            raise SelfpruneError("the model given is dense (its config has no 'selfprune' entry); recover takes a "
-                                 "model pruned by selfprune")
-        if tokenizer is None:
-            raise SelfpruneError("pass the tokenizer of the in-memory pruned model")
+        model, tokenizer, pruning_summary = inputs.load_student(pruned)
+        return _Student(model, tokenizer, str(pruned), pruning_summary)
+    if not inputs.pruning_record(pruned):
+        raise SelfpruneError("the model given is dense (its config has no 'selfprune' entry); recover takes a "
+                             "model pruned by selfprune")
+    if tokenizer is None:
+        raise SelfpruneError("pass the tokenizer of the in-memory pruned model")
+    return _Student(pruned, tokenizer, "in-memory model", pruning_summary)
 
+
+def _saved_state(opts: RecoverOptions) -> tuple[Path | None, dict | None]:
+    """The state directory and the state an unfinished run left there (only with ``resume``)."""
     state_dir = Path(opts.state_dir).expanduser() if opts.state_dir else None
     saved = state_io.load_state(state_dir) if state_dir is not None else None
     if saved is not None and not opts.resume:
@@ -230,33 +269,75 @@ def recover(
                              "it, or delete that directory to start over")
     if opts.resume and saved is None:
         print(f"selfprune: no saved recovery state in '{state_dir}'; starting from step 0", file=sys.stderr)
+    return state_dir, saved
 
-    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp_dtype = _autocast_dtype(opts.precision, device)
 
-    teacher_model, teacher_label = None, None
-    if opts.uses_teacher() or teacher is not None:
-        if teacher is None or isinstance(teacher, (str, os.PathLike)):
-            teacher_label = inputs.require_teacher_name(student, teacher)
-            # On a GPU the teacher only runs forward passes: keep it in the autocast dtype (half the memory).
-            teacher_model, teacher_tokenizer = inputs.load_teacher(teacher_label, dtype=amp_dtype, device=str(device),
-                                                                    trust_remote_code=trust_remote_code)
-        else:
-            teacher_model, teacher_label = teacher, "in-memory model"
-        inputs.check_tokenizers(student, tokenizer, teacher_model, teacher_tokenizer)
-        teacher_model.to(device).eval()
+def _teacher(opts: RecoverOptions, student: _Student, teacher, teacher_tokenizer, device, amp_dtype,
+             trust_remote_code: bool):
+    """(teacher model on ``device`` in eval mode, its label), or (None, None) when the method needs none."""
+    if not (opts.uses_teacher() or teacher is not None):
+        return None, None
+    if teacher is None or isinstance(teacher, (str, os.PathLike)):
+        label = inputs.require_teacher_name(student.model, teacher)
+        # On a GPU the teacher only runs forward passes: keep it in the autocast dtype (half the memory).
+        model, teacher_tokenizer = inputs.load_teacher(label, dtype=amp_dtype, device=str(device),
+                                                       trust_remote_code=trust_remote_code)
+    else:
+        model, label = teacher, "in-memory model"
+    inputs.check_tokenizers(student.model, student.tokenizer, model, teacher_tokenizer)
+    model.to(device).eval()
+    return model, label
 
-    data: RecoveryData = load_recovery_data(tokenizer, opts.data, opts.seqlen, opts.heldout_blocks, opts.seed,
-                                            exclude_texts, tokens_needed=opts.steps * opts.tokens_per_step)
-    student.to(device)
-    start_weights = state_io.weights_fingerprint(student)
+
+@dataclass
+class _Run:
+    """A recovery run set up: the trained model (the student, or its LoRA wrapper), the optimizer and its
+    schedule, where it starts (step 0 or a saved state) and what it has recorded so far."""
+
+    opts: RecoverOptions
+    model: torch.nn.Module
+    trainable: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    identity: dict
+    state_dir: Path | None
+    resumed: bool
+    start_step: int = 0
+    history: dict = dataclasses.field(default_factory=lambda: {"loss": [], "heldout": []})
+    train_time_before: float = 0.0
+    train_start: float = 0.0
+    teacher_ref: dict | None = None
+    step_seconds: float = 0.0  # optimizer steps only, without the held-out checks
+    train_seconds: float = 0.0  # this process's training, the held-out checks included
+
+    def snapshot(self, step: int) -> None:
+        state_io.save_state(self.state_dir, {
+            "step": step, "identity": self.identity, "trainable": state_io.trainable_state(self.model),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": state_io.rng_state(), "history": self.history,
+            "teacher_reference": self.teacher_ref,
+            "train_time_s": self.train_time_before + time.perf_counter() - self.train_start,
+        })
+
+    def heldout(self, teacher, data: RecoveryData, step: int) -> dict:
+        return {"step": step, "tokens": step * self.opts.tokens_per_step,
+                **heldout_check(self.model, teacher, data.heldout, self.opts.batch, self.device, self.amp_dtype)}
+
+
+def _setup(opts: RecoverOptions, student, data: RecoveryData, device, amp_dtype, saved: dict | None,
+           state_dir: Path | None) -> _Run:
+    """The model to train (LoRA adapters or every parameter), the optimizer and schedule, restored from
+    ``saved`` when resuming (whose settings must be this run's)."""
     identity = {
         "method": opts.method, "tokens": opts.tokens, "seqlen": opts.seqlen, "batch": opts.batch,
         "grad_accum": opts.grad_accum, "lr": opts.peak_lr, "warmup": opts.warmup, "min_lr_ratio": opts.min_lr_ratio,
         "weight_decay": opts.weight_decay, "grad_clip": opts.grad_clip, "temperature": opts.temperature,
         "seed": opts.seed, "data_sha256": data.protocol["text_sha256"], "heldout_blocks": opts.heldout_blocks,
         "lora": [opts.lora_r, opts.lora_alpha, opts.lora_dropout] if opts.method == "lora-kd" else None,
-        "start_weights": start_weights,
+        "start_weights": state_io.weights_fingerprint(student),
     }
     if saved is not None:
         state_io.check_identity(saved["identity"], identity, state_dir)
@@ -272,122 +353,121 @@ def recover(
             p.requires_grad_(True)
     model.train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    trainable = [p for _, p in named]
     optimizer = torch.optim.AdamW(_param_groups(named, opts.weight_decay), lr=opts.peak_lr, betas=ADAM_BETAS)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(opts))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    checks_every, steps, per_step = opts.checks_every(), opts.steps, opts.tokens_per_step
-    teacher_ref = None
-    history = {"loss": [], "heldout": []}
-    start_step, train_time_before = 0, 0.0
+    run = _Run(opts, model, [p for _, p in named], optimizer,
+               torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(opts)),
+               torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), device, amp_dtype, identity,
+               state_dir, resumed=saved is not None)
     if saved is not None:
         state_io.load_trainable_state(model, saved["trainable"])
         optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
+        run.scheduler.load_state_dict(saved["scheduler"])
+        run.scaler.load_state_dict(saved["scaler"])
         state_io.set_rng_state(saved["rng"])
-        start_step, history = saved["step"], saved["history"]
-        train_time_before, teacher_ref = saved["train_time_s"], saved["teacher_reference"]
+        run.start_step, run.history = saved["step"], saved["history"]
+        run.train_time_before, run.teacher_ref = saved["train_time_s"], saved["teacher_reference"]
+    return run
 
-    train_start = time.perf_counter()
-    if saved is None:
-        if teacher_model is not None:
-            teacher_ref = _teacher_reference(teacher_model, data.heldout, opts.batch, device, amp_dtype)
-        history["heldout"].append({"step": 0, "tokens": 0,
-                                   **heldout_check(model, teacher_model, data.heldout, opts.batch, device, amp_dtype)})
 
-    def snapshot(step: int) -> None:
-        state_io.save_state(state_dir, {
-            "step": step, "identity": identity, "trainable": state_io.trainable_state(model),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": state_io.rng_state(), "history": history, "teacher_reference": teacher_ref,
-            "train_time_s": train_time_before + time.perf_counter() - train_start,
-        })
+def _train(run: _Run, teacher, data: RecoveryData, callback) -> dict:
+    """The optimizer steps from ``run.start_step``, held-out checks and saved states on the way; returns the
+    held-out check after the last step."""
+    opts, device, amp_dtype = run.opts, run.device, run.amp_dtype
+    steps, per_step, checks_every = opts.steps, opts.tokens_per_step, opts.checks_every()
+    run.train_start = time.perf_counter()
+    if not run.resumed:
+        if teacher is not None:
+            run.teacher_ref = _teacher_reference(teacher, data.heldout, opts.batch, device, amp_dtype)
+        run.history["heldout"].append(run.heldout(teacher, data, 0))
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=steps, initial=start_step, desc=f"recover ({opts.method})", unit="step",
+    bar = tqdm(total=steps, initial=run.start_step, desc=f"recover ({opts.method})", unit="step",
                disable=not opts.progress, dynamic_ncols=True)
-    last = history["heldout"][-1] if history["heldout"] else {}
-    step_seconds = 0.0  # optimizer steps only, without the held-out checks
-    last_saved = start_step
+    last = run.history["heldout"][-1] if run.history["heldout"] else {}
+    last_saved = run.start_step
     try:
-        for step in range(start_step, steps):
+        for step in range(run.start_step, steps):
             step_start = time.perf_counter()
-            ids_all = data.batch(step, opts.batch * opts.grad_accum)
-            lr_now = scheduler.get_last_lr()[0]
-            loss_value = 0.0
-            for micro in range(opts.grad_accum):
-                ids = ids_all[micro * opts.batch : (micro + 1) * opts.batch].to(device)
-                logits = _forward(model, ids, amp_dtype, device)
-                if opts.uses_teacher():
-                    with torch.no_grad():
-                        target = _forward(teacher_model, ids, amp_dtype, device)
-                    loss = kd_loss(logits, target, opts.temperature)
-                else:
-                    loss = lm_loss(logits, ids)
-                scaler.scale(loss / opts.grad_accum).backward()
-                loss_value += loss.detach().item() / opts.grad_accum
-                del logits, loss
-            scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, opts.grad_clip or float("inf")))
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            done = step + 1
-            step_seconds += time.perf_counter() - step_start
-            record = {"step": done, "tokens": done * per_step, "loss": loss_value, "lr": lr_now, "grad_norm": grad_norm}
-            history["loss"].append(record)
+            record = _step(run, teacher, data, step)
+            run.step_seconds += time.perf_counter() - step_start
+            run.history["loss"].append(record)
+            done = record["step"]
             if checks_every and done % checks_every == 0 and done < steps:
-                last = {"step": done, "tokens": done * per_step,
-                        **heldout_check(model, teacher_model, data.heldout, opts.batch, device, amp_dtype)}
-                history["heldout"].append(last)
-            postfix = {"loss": f"{loss_value:.4f}", "tok/s": f"{(done - start_step) * per_step / step_seconds:.0f}"}
+                last = run.heldout(teacher, data, done)
+                run.history["heldout"].append(last)
+            postfix = {"loss": f"{record['loss']:.4f}",
+                       "tok/s": f"{(done - run.start_step) * per_step / run.step_seconds:.0f}"}
             if last:
                 postfix["heldout"] = f"{last.get('kl', last['nll']):.4f}"
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
-            if state_dir is not None and opts.save_every and done % opts.save_every == 0 and done < steps:
-                snapshot(done)
+            if run.state_dir is not None and opts.save_every and done % opts.save_every == 0 and done < steps:
+                run.snapshot(done)
                 last_saved = done
             if callback is not None:
                 callback(record)
     except KeyboardInterrupt:
-        if state_dir is not None and last_saved:
-            print(f"\nselfprune: the state of step {last_saved} is saved in '{state_dir}'; rerun the same command "
-                  "with --resume to continue from there", file=sys.stderr)
+        if run.state_dir is not None and last_saved:
+            print(f"\nselfprune: the state of step {last_saved} is saved in '{run.state_dir}'; rerun the same "
+                  "command with --resume to continue from there", file=sys.stderr)
         raise
     finally:
         bar.close()
 
-    after = {"step": steps, "tokens": steps * per_step,
-             **heldout_check(model, teacher_model, data.heldout, opts.batch, device, amp_dtype)}
-    if not history["heldout"] or history["heldout"][-1]["step"] != steps:
-        history["heldout"].append(after)
-    train_time_now = time.perf_counter() - train_start
-    if state_dir is not None:
-        snapshot(steps)  # a kill between here and the saved checkpoint loses nothing
+    after = run.heldout(teacher, data, steps)
+    if not run.history["heldout"] or run.history["heldout"][-1]["step"] != steps:
+        run.history["heldout"].append(after)
+    run.train_seconds = time.perf_counter() - run.train_start
+    if run.state_dir is not None:
+        run.snapshot(steps)  # a kill between here and the saved checkpoint loses nothing
+    return after
 
-    if opts.method == "lora-kd":
-        student = lora.merge_lora(model)
-        lora_targets = lora.target_modules(student)
-    else:
-        lora_targets = None
-    if opts.gradient_checkpointing:
-        student.gradient_checkpointing_disable()
-    student.eval()
 
-    trained_now = (steps - start_step) * per_step
-    summary = {
+def _step(run: _Run, teacher, data: RecoveryData, step: int) -> dict:
+    """One optimizer step over ``grad_accum`` micro-batches; its record (loss, learning rate, gradient norm)."""
+    opts, device, amp_dtype = run.opts, run.device, run.amp_dtype
+    ids_all = data.batch(step, opts.batch * opts.grad_accum)
+    lr_now = run.scheduler.get_last_lr()[0]
+    loss_value = 0.0
+    for micro in range(opts.grad_accum):
+        ids = ids_all[micro * opts.batch : (micro + 1) * opts.batch].to(device)
+        logits = _forward(run.model, ids, amp_dtype, device)
+        if opts.uses_teacher():
+            with torch.no_grad():
+                target = _forward(teacher, ids, amp_dtype, device)
+            loss = kd_loss(logits, target, opts.temperature)
+        else:
+            loss = lm_loss(logits, ids)
+        run.scaler.scale(loss / opts.grad_accum).backward()
+        loss_value += loss.detach().item() / opts.grad_accum
+        del logits, loss
+    run.scaler.unscale_(run.optimizer)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.trainable, opts.grad_clip or float("inf")))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    done = step + 1
+    return {"step": done, "tokens": done * opts.tokens_per_step, "loss": loss_value, "lr": lr_now,
+            "grad_norm": grad_norm}
+
+
+def _summary(run: _Run, student_name: str, recovered, teacher, teacher_label, data: RecoveryData, after: dict,
+             lora_targets, wall_start: float) -> dict:
+    """What the run did and measured: its inputs, the training protocol, held-out checks and timings."""
+    opts, steps, per_step = run.opts, run.opts.steps, run.opts.tokens_per_step
+    trained_now = (steps - run.start_step) * per_step
+    from selfprune.versions import versions
+
+    return {
         "method": opts.method,
         "student": student_name,
         "teacher": teacher_label,
         "params": {
-            "student": sum(p.numel() for p in student.parameters()),
-            "trainable": sum(p.numel() for p in trainable),
-            "teacher": sum(p.numel() for p in teacher_model.parameters()) if teacher_model is not None else None,
+            "student": sum(p.numel() for p in recovered.parameters()),
+            "trainable": sum(p.numel() for p in run.trainable),
+            "teacher": sum(p.numel() for p in teacher.parameters()) if teacher is not None else None,
         },
         "data": data.protocol,
         "training": {
@@ -410,26 +490,22 @@ def recover(
             "lora": {"r": opts.lora_r, "alpha": opts.lora_alpha, "dropout": opts.lora_dropout,
                      "targets": lora_targets} if opts.method == "lora-kd" else None,
             "seed": opts.seed,
-            "device": str(device),
-            "precision": str(amp_dtype).replace("torch.", "") + " autocast" if amp_dtype else "fp32",
+            "device": str(run.device),
+            "precision": str(run.amp_dtype).replace("torch.", "") + " autocast" if run.amp_dtype else "fp32",
             "gradient_checkpointing": opts.gradient_checkpointing,
-            "eval_every": checks_every,
+            "eval_every": opts.checks_every(),
             "save_every": opts.save_every,
-            "resumed_from_step": start_step if saved is not None else None,
+            "resumed_from_step": run.start_step if run.resumed else None,
         },
-        "heldout": {"teacher": teacher_ref, "before": _metrics(history["heldout"][0]), "after": _metrics(after)},
-        "loss_curve": history["loss"],
-        "heldout_curve": history["heldout"],
-        "train_time_s": train_time_before + train_time_now,
+        "heldout": {"teacher": run.teacher_ref, "before": _metrics(run.history["heldout"][0]),
+                    "after": _metrics(after)},
+        "loss_curve": run.history["loss"],
+        "heldout_curve": run.history["heldout"],
+        "train_time_s": run.train_time_before + run.train_seconds,
         "wall_time_s": time.perf_counter() - wall_start,
-        "tokens_per_s": trained_now / step_seconds if step_seconds > 0 else None,  # optimizer steps only
+        "tokens_per_s": trained_now / run.step_seconds if run.step_seconds > 0 else None,  # optimizer steps only
+        "versions": versions(),
     }
-    from selfprune.versions import versions
-
-    summary["versions"] = versions()
-    record = student.config.selfprune
-    record["recovery"] = _recovery_record(summary, record.get("recovery"))
-    return RecoverResult(student, tokenizer, summary, pruning_summary, state_dir, opts.keep_state)
 
 
 def _metrics(check: dict) -> dict:
