@@ -2,7 +2,7 @@
 
 ``export_gguf`` checks everything it can before writing, writes through a temporary file beside
 the target and renames it at the end: a failed export leaves no file behind. Which llama.cpp
-architecture each family maps to, and what cannot be expressed, is in ``gguf_arch``.
+architecture each family maps to, and what cannot be expressed, is in ``graphs``.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def export_gguf(pruned_dir: str | os.PathLike, out_path: str | os.PathLike, outt
     """
     import gguf
 
-    from selfprune.export.gguf_arch import MODEL_TYPES, target_for
     from selfprune.export.gguf_vocab import read_vocab
+    from selfprune.export.graphs import MODEL_TYPES, target_for
     from selfprune.export.source import ModelSource
 
     if outtype not in OUTTYPES:

@@ -29,6 +29,7 @@ class Family:
     attention: str = "self_attn"  # a layer's attention block
     mlp: str = "mlp"  # a layer's MLP block
     projections: dict[str, str] = field(default_factory=lambda: dict(_LLAMA_NAMES))
+    gguf_arch: str | None = None  # the llama.cpp graph a pruned model exports to (export/graphs/); None: none
 
     def anatomy(self) -> dict:
         """The attribute names, as recorded in a pruned checkpoint for its modeling code."""
@@ -36,11 +37,15 @@ class Family:
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("llama", ("llama",), "LlamaForCausalLM", "Llama 2/3, SmolLM2, TinyLlama: GQA, SwiGLU, no biases"),
-    Family("mistral", ("mistral",), "MistralForCausalLM", "the Llama layout with sliding-window attention"),
-    Family("qwen2", ("qwen2",), "Qwen2ForCausalLM", "biases on q/k/v, sliced with their heads"),
-    Family("qwen3", ("qwen3",), "Qwen3ForCausalLM", "RMSNorm on q and k over head_dim (shared by heads, kept whole)"),
-    Family("gemma3", ("gemma3_text",), "Gemma3ForCausalLM", "q/k norms, sandwich norms, GeGLU MLP"),
+    Family("llama", ("llama",), "LlamaForCausalLM", "Llama 2/3, SmolLM2, TinyLlama: GQA, SwiGLU, no biases",
+           gguf_arch="deci"),
+    Family("mistral", ("mistral",), "MistralForCausalLM", "the Llama layout with sliding-window attention",
+           gguf_arch="deci"),
+    Family("qwen2", ("qwen2",), "Qwen2ForCausalLM", "biases on q/k/v, sliced with their heads", gguf_arch="deci"),
+    Family("qwen3", ("qwen3",), "Qwen3ForCausalLM", "RMSNorm on q and k over head_dim (shared by heads, kept whole)",
+           gguf_arch="openelm"),
+    Family("gemma3", ("gemma3_text",), "Gemma3ForCausalLM", "q/k norms, sandwich norms, GeGLU MLP",
+           gguf_arch="gemma3"),
 )
 
 BY_MODEL_TYPE: dict[str, Family] = {t: f for f in FAMILIES for t in f.model_types}
