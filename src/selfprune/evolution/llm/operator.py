@@ -27,24 +27,18 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
-from importlib import resources
-from string import Template
 from typing import Any, Callable
 
 import numpy as np
 
 from selfprune.errors import SelfpruneError
 from selfprune.evolution.llm.backends import ChatBackend, Reply, ServerFault
-from selfprune.evolution.llm.constrained import crossover_template, moves_template, shape_template
-from selfprune.evolution.llm.replies import ReplyError, extract_json, parse_crossover, parse_moves, parse_shape
+from selfprune.evolution.llm.kinds import CROSSOVER, KINDS, MOVES, SHAPE, ReplyKind, load_prompt
+from selfprune.evolution.llm.replies import ReplyError, extract_json
 from selfprune.evolution.operators.base import Operator
 from selfprune.evolution.operators.classic import GAOperator, tournament
 from selfprune.evolution.operators.seeds import filler, seed_proposals
 from selfprune.evolution.operators.types import Context, Individual, Proposal
-
-
-def load_prompt(name: str) -> Template:
-    return Template(resources.files("selfprune.evolution.llm").joinpath(f"prompts/{name}.txt").read_text())
 
 
 @dataclass
@@ -73,32 +67,6 @@ class LLMSettings:
 _NOT_SETUP = ("server_retries", "backoff", "down_after")
 
 
-_SHAPE_SCHEMA = {
-    "type": "object",
-    "properties": {"attn": {"type": "array", "items": {"type": "integer"}},
-                   "mlp": {"type": "array", "items": {"type": "integer"}}},
-    "required": ["attn", "mlp"], "additionalProperties": False,
-}
-_JOINT_SCHEMA = {
-    "type": "object", "properties": {"rates": {"type": "array", "items": {"type": "integer"}}},
-    "required": ["rates"], "additionalProperties": False,
-}
-_MOVES_SCHEMA = {
-    "type": "object",
-    "properties": {"moves": {"type": "array", "items": {
-        "type": "object",
-        "properties": {"from": {"type": "integer"}, "to": {"type": "integer"},
-                       "part": {"type": "string", "enum": ["attn", "mlp", "both"]}, "pct": {"type": "integer"}},
-        "required": ["from", "to", "part", "pct"], "additionalProperties": False}}},
-    "required": ["moves"], "additionalProperties": False,
-}
-_CROSS_SCHEMA = {
-    "type": "object",
-    "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}, "take": {"type": "string"}},
-    "required": ["a", "b", "take"], "additionalProperties": False,
-}
-
-
 class LLMOperator(Operator):
     name = "llm"
 
@@ -107,7 +75,7 @@ class LLMOperator(Operator):
         self.fallback = fallback or GAOperator()
         self.s = settings or LLMSettings()
         self.system = load_prompt("system").template.strip()
-        self.templates = {k: load_prompt(k) for k in ("initial", "mutate", "crossover")}
+        self.prompts = {kind.name: kind.load() for kind in KINDS}
         self.counters: dict[str, Any] = {
             "calls": 0, "replies": 0, "valid": 0, "invalid": {}, "retries": 0, "fallbacks": 0,
             # Valid replies that said nothing new: the same as an earlier reply to the same prompt,
@@ -120,7 +88,7 @@ class LLMOperator(Operator):
             # text: the LLM is not sampling (a server that decodes greedily) or has collapsed.
             "identical_batches": 0,
             "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0,
-            "by_kind": {k: {"replies": 0, "valid": 0} for k in ("initial", "crossover", "mutate")},
+            "by_kind": {kind.name: {"replies": 0, "valid": 0} for kind in KINDS},
             # Faulty answers of the server by kind (http_500, timeout, not_json, ...), requests asked
             # again after one, and calls that got too few replies (the classical operator wrote the rest).
             "server_faults": {}, "server_retries": 0, "failed_calls": 0,
@@ -148,14 +116,16 @@ class LLMOperator(Operator):
         self.counters = {**self.counters, **state["counters"]}  # a checkpoint from before a counter existed
         self._down = 0  # a resumed search gives the server a fresh start
 
-    def _ask(self, ctx: Context, kind: str, prompt: str | Callable[[list[str]], str], n: int, max_tokens: int,
-             schema: dict, parse: Callable[[str], Proposal], template: list | None = None,
+    def _ask(self, ctx: Context, reply_kind: ReplyKind, prompt: str | Callable[[list[str]], str], n: int,
+             parse: Callable[[str], Proposal], template: list | None = None,
              examples: tuple[str, ...] = ()) -> list[Proposal]:
-        """Ask for ``n`` replies (in batches, with retries) and parse them; returns the new proposals
-        that could be read, at most ``n``. ``prompt`` may be a function of the replies accepted so
-        far (so a later batch is shown what was already proposed); replies equal to an earlier one
-        or to one of ``examples`` are counted and dropped; replies equal to the example answer a
-        fixed prompt ends with are counted and kept."""
+        """Ask for ``n`` replies of ``reply_kind`` (in batches, with retries) and read them into proposals
+        with ``parse``; returns the new proposals that could be read, at most ``n``. ``prompt`` may be a
+        function of the replies accepted so far (so a later batch is shown what was already proposed);
+        replies equal to an earlier one or to one of ``examples`` are counted and dropped; replies equal
+        to the example answer a fixed prompt ends with are counted and kept."""
+        kind = reply_kind.name
+        schema, max_tokens = reply_kind.schema_for(ctx.space), getattr(self.s, reply_kind.tokens)
         out: list[Proposal] = []
         seen = {_canonical(e) for e in examples}
         answer = None if callable(prompt) else prompt_example(prompt)
@@ -335,15 +305,14 @@ class LLMOperator(Operator):
             shown = accepted[-6:]
             already = ("\nAlready proposed (write a shape different from all of these):\n" + "\n".join(shown) + "\n"
                        if shown else "")
-            return self.templates["initial"].substitute(fields, already=already)
+            return self.prompts[SHAPE.name].substitute(fields, already=already)
 
         def parse(text: str) -> Proposal:
-            vec, events = parse_shape(text, space, k)
+            vec, events = SHAPE.parse(text, space, k)
             return Proposal(vec, "llm-init", events=tuple(events))
 
-        got = self._ask(ctx, "initial", prompt, want, self.s.shape_tokens,
-                        _JOINT_SCHEMA if space.joint else _SHAPE_SCHEMA, parse,
-                        shape_template(k, space.joint, fields["low_pct"], fields["high_pct"]),
+        got = self._ask(ctx, SHAPE, prompt, want, parse,
+                        SHAPE.template(k, space.joint, fields["low_pct"], fields["high_pct"]),
                         examples=examples) if want else []
         got = self._fill(got, want, lambda m: filler(ctx, m, heads), "init")
         rest = n - len(heads) - want
@@ -359,18 +328,17 @@ class LLMOperator(Operator):
             for i, ind in enumerate(shown, 1):
                 a, m = self._points(ind.genome.vector, ctx, segments)
                 lines.append(f"{i}: {ctx.fitness_name} {ind.fitness:.4g}; attn {' '.join(map(str, a))}; mlp {' '.join(map(str, m))}")
-            prompt = self.templates["crossover"].substitute(
+            prompt = self.prompts[CROSSOVER.name].substitute(
                 num_layers=ctx.space.num_layers, segments=segments, candidates="\n".join(lines),
                 fitness_name=ctx.fitness_name,
                 ex_take="AB" * (segments // 2) + "A" * (segments % 2),
             )
 
             def parse(text: str) -> Proposal:
-                ia, ib, pattern, events = parse_crossover(text, len(shown), segments)
+                ia, ib, pattern, events = CROSSOVER.parse(text, len(shown), segments)
                 return self._mix(ctx, shown[ia], shown[ib], pattern, events)
 
-            got = self._ask(ctx, "crossover", prompt, want, self.s.crossover_tokens, _CROSS_SCHEMA, parse,
-                            crossover_template(segments, len(shown)))
+            got = self._ask(ctx, CROSSOVER, prompt, want, parse, CROSSOVER.template(segments, len(shown)))
             got = self._fill(got, want, lambda m: self.fallback.crossover(ctx, m), "crossover")
         return got + (self.fallback.crossover(ctx, n - len(got)) if n > len(got) else [])
 
@@ -399,7 +367,7 @@ class LLMOperator(Operator):
         x = space.expand(np.array(parent.genome.vector))
         pct = lambda v: " ".join(str(int(round(100 * r))) for r in v)  # noqa: E731
         ex_from, ex_to = self._example_move(ctx)
-        prompt = self.templates["mutate"].substitute(
+        prompt = self.prompts[MOVES.name].substitute(
             num_layers=L, attn_rates=pct(x[:L]), mlp_rates=pct(x[L:]),
             fitness=f"{parent.fitness:.4g}", best=f"{ctx.best.fitness:.4g}",
             attn_importance=self._importance(ctx, "attn_importance"),
@@ -409,14 +377,13 @@ class LLMOperator(Operator):
         )
 
         def parse(text: str) -> Proposal:
-            moves, events = parse_moves(text, L, self.s.max_moves)
+            moves, events = MOVES.parse(text, L, self.s.max_moves)
             vec = np.array(parent.genome.vector, dtype=float)
             for mv in moves:
                 vec = mv.apply(vec, space)
             return Proposal(vec, "llm-mutate", (parent.id,), tuple(moves), tuple(events))
 
-        return self._ask(ctx, "mutate", prompt, count, self.s.move_tokens, _MOVES_SCHEMA, parse,
-                         moves_template(self.s.max_moves, L))
+        return self._ask(ctx, MOVES, prompt, count, parse, MOVES.template(self.s.max_moves, L))
 
     def _example_move(self, ctx: Context) -> tuple[int, int]:
         """A plausible example: from the most to the least important layer (by MLP importance)."""
