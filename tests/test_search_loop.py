@@ -26,8 +26,8 @@ def run(op, cfg, target=0.4, out=None, resume=False, layers=16, **kw):
 
 
 def test_baselines_share_the_budget_and_beat_uniform():
-    uniform = run(FixedOperator("uniform"), SearchConfig(population=1, generations=0))[0]
-    owl = run(FixedOperator("owl"), SearchConfig(population=1, generations=0))[0]
+    uniform = run(FixedOperator("uniform"), SearchConfig(population=1, generations=0, crossover=0, mutation=0))[0]
+    owl = run(FixedOperator("owl"), SearchConfig(population=1, generations=0, crossover=0, mutation=0))[0]
     assert uniform.report["budget"]["total_evals"] == owl.report["budget"]["total_evals"] == 1
     budget = 120
     results = {

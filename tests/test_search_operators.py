@@ -203,7 +203,7 @@ def test_example_copies_and_repeats_are_counted_and_dropped():
     p, sp = space_of(target=0.4)
     backend = Recording('{"attn": [40, 40, 40, 40, 40], "mlp": [40, 40, 40, 40, 40]}')  # the uniform example
     op = LLMOperator(backend, settings=LLMSettings(batch=3, retries=0))
-    r = Search(sp, p.fitness, op, SearchConfig(population=10, generations=0), profiles=p.profiles).run()
+    r = Search(sp, p.fitness, op, SearchConfig(population=10, generations=0, crossover=0, mutation=0), profiles=p.profiles).run()
     st = r.report["operator_stats"]
     assert st["valid"] == 6 and st["copies"] == 6 and st["distinct"] == 0 and st["fallbacks"] == 6
     assert "llm-init" not in r.report["origins"] and r.report["origins"]["fallback-init"]["proposed"] == 6
@@ -214,7 +214,7 @@ def test_later_initial_batches_are_shown_what_was_proposed():
     p, sp = space_of(target=0.4)
     backend = Recording()  # random legal shapes
     op = LLMOperator(backend, settings=LLMSettings(batch=2, retries=0))
-    Search(sp, p.fitness, op, SearchConfig(population=8, generations=0, seed=2), profiles=p.profiles).run()
+    Search(sp, p.fitness, op, SearchConfig(population=8, generations=0, crossover=0, mutation=0, seed=2), profiles=p.profiles).run()
     assert len(backend.prompts) == 2 and "Already proposed" not in backend.prompts[0]
     assert "Already proposed" in backend.prompts[1] and op.counters["distinct"] == 4
 
@@ -225,7 +225,7 @@ def test_the_initial_prompt_shows_only_the_start_every_operator_gets(init, shown
     p, sp = space_of(target=0.4)
     backend = Recording()
     op = LLMOperator(backend, settings=LLMSettings(batch=8, retries=0))
-    Search(sp, p.fitness, op, SearchConfig(population=10, generations=0, init=init), profiles=p.profiles).run()
+    Search(sp, p.fitness, op, SearchConfig(population=10, generations=0, crossover=0, mutation=0, init=init), profiles=p.profiles).run()
     prompt = backend.prompts[0]
     examples = prompt.split("Example answers", 1)[1].split("Write a new shape", 1)[0]
     assert examples.count('{"attn"') == shown

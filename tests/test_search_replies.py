@@ -84,7 +84,7 @@ def test_operator_counts_and_falls_back(space):
     backend = Scripted(texts)
     op = LLMOperator(backend, settings=LLMSettings(retries=0, batch=10))
     # 4 priors head the population (uniform, OWL, two importance shapes); the LLM writes the other 100.
-    res = Search(space, p.fitness, op, SearchConfig(population=104, generations=0), profiles=p.profiles).run()
+    res = Search(space, p.fitness, op, SearchConfig(population=104, generations=0, crossover=0, mutation=0), profiles=p.profiles).run()
     st = res.report["operator_stats"]
     assert st["replies"] == 100 and st["valid"] == 45 and st["calls"] == 10
     assert st["invalid"] == {"empty": 20, "no-json": 20, "wrong-type": 15}

@@ -33,10 +33,13 @@ from selfprune.results import SearchReport
 
 @dataclass(frozen=True)
 class SearchConfig:
-    population: int = 30
-    generations: int = 20
-    crossover: int = 10  # offspring by crossover per generation
-    mutation: int = 10  # offspring by mutation per generation
+    """The loop's settings, made from ``SearchOptions`` by a strategy (strategies.py); no defaults of its
+    own for the sizes, so the options are the one place they are set."""
+
+    population: int
+    generations: int
+    crossover: int  # offspring by crossover per generation
+    mutation: int  # offspring by mutation per generation
     max_evals: int | None = None  # stop when this many fitness evaluations (all stages) are spent
     max_tokens: int | None = None  # ... or this many fitness tokens
     seed: int = 0

@@ -125,7 +125,7 @@ def _search(problem, fitness, model, tokenizer, ratio, options, seed, out_dir, r
                                  stage_keep=tuple(options.stage_keep) if options.stage_keep else None)
         if strategy.uses_llm and backend is None:
             backend = make_chat_backend(options, model, tokenizer, trust_remote_code)
-        operator = strategy.make(backend, LLMSettings(share=options.llm_share))
+        operator = strategy.make(backend, LLMSettings.from_options(options))
         folder = (Path(out_dir) / name if split else Path(out_dir)) if out_dir else None
         loop = Search(space, fitness, operator, config, profiles=problem.profiles, out_dir=folder,
                       progress=progress, meta={"problem": problem.info, **(meta or {})})

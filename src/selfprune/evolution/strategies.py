@@ -42,9 +42,10 @@ class Strategy:
     offspring: int | None = None  # (1+lambda): lambda at most this (default: crossover + mutation)
     survivors: tuple[int, ...] | None = None  # (1+lambda): offspring kept after each stage but the last
 
-    def config(self, population: int = 30, generations: int = 20, crossover: int = 10, mutation: int = 10,
+    def config(self, population: int, generations: int, crossover: int, mutation: int,
                max_evals: int | None = None, **kwargs: Any) -> SearchConfig:
-        """The loop settings for this strategy at the same evaluation budget as the others."""
+        """The loop settings for this strategy at the same evaluation budget as the others (the sizes are
+        ``SearchOptions``'s, which hold the defaults)."""
         budget = max_evals if max_evals is not None else population + generations * (crossover + mutation)
         if self.shape == FIXED:
             kwargs.pop("stage_keep", None)

@@ -36,6 +36,7 @@ from selfprune.evolution.llm.backends import ChatBackend, Reply, ServerFault
 from selfprune.evolution.llm.kinds import CROSSOVER, KINDS, MOVES, SHAPE, ReplyKind, load_prompt
 from selfprune.evolution.llm.replies import ReplyError, extract_json
 from selfprune.evolution.operators.base import Operator
+from selfprune.evolution.options import SearchOptions
 from selfprune.evolution.operators.classic import GAOperator, tournament
 from selfprune.evolution.operators.seeds import filler, seed_proposals
 from selfprune.evolution.operators.types import Context, Individual, Proposal
@@ -43,8 +44,11 @@ from selfprune.evolution.operators.types import Context, Individual, Proposal
 
 @dataclass
 class LLMSettings:
+    """How the LLM operator works. What a search's options set (``--llm-share``) takes its default from
+    ``SearchOptions``; the rest are the operator's own."""
+
     init_share: float = 1.0  # share of the initial population (after the seeds) the LLM writes
-    share: float = 0.3  # share of each generation's offspring the LLM writes
+    share: float = SearchOptions.model_fields["llm_share"].default  # share of each generation's offspring
     plateau: int = 2  # generations without improvement after which the LLM writes all mutations
     retries: int = 1  # extra batches asked for when replies are unusable
     batch: int = 8  # replies per call (sampled together)
@@ -61,6 +65,10 @@ class LLMSettings:
     server_retries: int = 2
     backoff: float = 0.5
     down_after: int = 3
+
+    @classmethod
+    def from_options(cls, options: SearchOptions) -> "LLMSettings":
+        return cls(share=options.llm_share)
 
 
 # Settings that say how to wait for a server, not what the search does: a resume may change them.
