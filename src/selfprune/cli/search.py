@@ -147,8 +147,9 @@ def format_report(report: dict) -> str:
             f"fallbacks {op.fallbacks}, tokens {op.prompt_tokens:,} prompt + {op.completion_tokens:,} completion, "
             f"{op.seconds:.1f} s" + (f" ({op.seconds_per_reply:.2f} s per reply)" if op.seconds_per_reply else "")
         )
-        lines.append(f"LLM: {proposals_summary(op.to_json())}")
-        faults = server_faults_summary(op.to_json())
+        counters = op.to_json()  # the summaries read counters the record keeps beyond its typed fields
+        lines.append(f"LLM: {proposals_summary(counters)}")
+        faults = server_faults_summary(counters)
         if faults:
             lines.append(f"LLM: {faults}")
     return "\n".join(lines)

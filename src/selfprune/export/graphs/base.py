@@ -144,8 +144,28 @@ class Target:
         w.add_rope_freq_base(float(rope_parameters(self.src)["rope_theta"]))
 
     def tensors(self):
-        """Yield (gguf name, float32 tensor in Hugging Face [out, in] layout)."""
+        """Yield (gguf name, float32 tensor in Hugging Face [out, in] layout): the model's, then each layer's."""
+        yield from self._embeddings()
+        for i, lay in enumerate(self.layout):
+            yield from self.layer_tensors(i, lay)
+
+    def layer_tensors(self, i: int, lay: LayerLayout):
+        """Yield layer ``i``'s tensors as the graph names them."""
         raise NotImplementedError
+
+    def mlp_tensors(self, i: int, width: int):
+        """A kept MLP's gate, up and down matrices (``width`` channels)."""
+        src, h = self.src, self.src.hidden
+        yield tname(T.FFN_GATE, i), src.tensor(self.proj(i, "gate"), (width, h))
+        yield tname(T.FFN_UP, i), src.tensor(self.proj(i, "up"), (width, h))
+        yield tname(T.FFN_DOWN, i), src.tensor(self.proj(i, "down"), (h, width))
+
+    def const_mlp_tensors(self, i: int):
+        """A removed MLP as one zero-weight channel: its output is exactly its output bias (or zero)."""
+        h = self.src.hidden
+        yield tname(T.FFN_GATE, i), torch.zeros(1, h)
+        yield tname(T.FFN_UP, i), torch.zeros(1, h)
+        yield tname(T.FFN_DOWN, i), torch.zeros(h, 1)
 
     def _embeddings(self):
         src = self.src

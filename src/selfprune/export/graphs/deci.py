@@ -84,50 +84,45 @@ class DeciTarget(Target):
         shape = t.shape
         return t.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
-    def tensors(self):
-        src = self.src
-        yield from self._embeddings()
+    def _embeddings(self):
+        yield from super()._embeddings()
         if self.freq_factors is not None:
             yield tname(T.ROPE_FREQS), self.freq_factors
-        h, hd = src.hidden, src.head_dim
-        for i, lay in enumerate(self.layout):
-            p = self.layer_prefix(i)
-            if lay.attn != "absent":
-                yield tname(T.ATTN_NORM, i), src.tensor(p + "input_layernorm.weight", (h,))
-            if lay.attn == "kept":
-                nq, nkv = lay.heads * hd, lay.kv_heads * hd
-                yield tname(T.ATTN_Q, i), self._rope_permute(src.tensor(self.proj(i, "q"), (nq, h)), lay.heads)
-                yield tname(T.ATTN_K, i), self._rope_permute(src.tensor(self.proj(i, "k"), (nkv, h)), lay.kv_heads)
-                yield tname(T.ATTN_V, i), src.tensor(self.proj(i, "v"), (nkv, h))
-                yield tname(T.ATTN_OUT, i), src.tensor(self.proj(i, "o"), (h, nq))
-                for role, kind, n, heads in (("q", T.ATTN_Q, nq, lay.heads), ("k", T.ATTN_K, nkv, lay.kv_heads),
-                                             ("v", T.ATTN_V, nkv, 0)):
-                    b = src.optional(self.proj(i, role, "bias"), (n,))
-                    if b is not None:
-                        yield tname(kind, i, "bias"), self._rope_permute(b, heads) if heads else b
-                b = src.optional(self.proj(i, "o", "bias"), (h,))
+
+    def layer_tensors(self, i: int, lay: LayerLayout):
+        src, h, hd, p = self.src, self.src.hidden, self.src.head_dim, self.layer_prefix(i)
+        if lay.attn != "absent":
+            yield tname(T.ATTN_NORM, i), src.tensor(p + "input_layernorm.weight", (h,))
+        if lay.attn == "kept":
+            nq, nkv = lay.heads * hd, lay.kv_heads * hd
+            yield tname(T.ATTN_Q, i), self._rope_permute(src.tensor(self.proj(i, "q"), (nq, h)), lay.heads)
+            yield tname(T.ATTN_K, i), self._rope_permute(src.tensor(self.proj(i, "k"), (nkv, h)), lay.kv_heads)
+            yield tname(T.ATTN_V, i), src.tensor(self.proj(i, "v"), (nkv, h))
+            yield tname(T.ATTN_OUT, i), src.tensor(self.proj(i, "o"), (h, nq))
+            for role, kind, n, heads in (("q", T.ATTN_Q, nq, lay.heads), ("k", T.ATTN_K, nkv, lay.kv_heads),
+                                         ("v", T.ATTN_V, nkv, 0)):
+                b = src.optional(self.proj(i, role, "bias"), (n,))
                 if b is not None:
-                    yield tname(T.ATTN_OUT, i, "bias"), b
-            elif lay.attn == "const":
-                for kind in (T.ATTN_Q, T.ATTN_K, T.ATTN_V):
-                    yield tname(kind, i), torch.zeros(hd, h)
-                yield tname(T.ATTN_OUT, i), torch.zeros(h, hd)
-                if lay.attn_bias is not None:
-                    yield tname(T.ATTN_OUT, i, "bias"), lay.attn_bias
-            if lay.mlp != "absent":
-                yield tname(T.FFN_NORM, i), src.tensor(p + "post_attention_layernorm.weight", (h,))
-            if lay.mlp == "kept":
-                n = lay.ffn
-                yield tname(T.FFN_GATE, i), src.tensor(self.proj(i, "gate"), (n, h))
-                yield tname(T.FFN_UP, i), src.tensor(self.proj(i, "up"), (n, h))
-                yield tname(T.FFN_DOWN, i), src.tensor(self.proj(i, "down"), (h, n))
-                for role, kind, size in (("gate", T.FFN_GATE, n), ("up", T.FFN_UP, n), ("down", T.FFN_DOWN, h)):
-                    b = src.optional(self.proj(i, role, "bias"), (size,))
-                    if b is not None:
-                        yield tname(kind, i, "bias"), b
-            elif lay.mlp == "const":
-                yield tname(T.FFN_GATE, i), torch.zeros(1, h)
-                yield tname(T.FFN_UP, i), torch.zeros(1, h)
-                yield tname(T.FFN_DOWN, i), torch.zeros(h, 1)
-                if lay.mlp_bias is not None:
-                    yield tname(T.FFN_DOWN, i, "bias"), lay.mlp_bias
+                    yield tname(kind, i, "bias"), self._rope_permute(b, heads) if heads else b
+            b = src.optional(self.proj(i, "o", "bias"), (h,))
+            if b is not None:
+                yield tname(T.ATTN_OUT, i, "bias"), b
+        elif lay.attn == "const":
+            for kind in (T.ATTN_Q, T.ATTN_K, T.ATTN_V):
+                yield tname(kind, i), torch.zeros(hd, h)
+            yield tname(T.ATTN_OUT, i), torch.zeros(h, hd)
+            if lay.attn_bias is not None:
+                yield tname(T.ATTN_OUT, i, "bias"), lay.attn_bias
+        if lay.mlp != "absent":
+            yield tname(T.FFN_NORM, i), src.tensor(p + "post_attention_layernorm.weight", (h,))
+        if lay.mlp == "kept":
+            n = lay.ffn
+            yield from self.mlp_tensors(i, n)
+            for role, kind, size in (("gate", T.FFN_GATE, n), ("up", T.FFN_UP, n), ("down", T.FFN_DOWN, h)):
+                b = src.optional(self.proj(i, role, "bias"), (size,))
+                if b is not None:
+                    yield tname(kind, i, "bias"), b
+        elif lay.mlp == "const":
+            yield from self.const_mlp_tensors(i)
+            if lay.mlp_bias is not None:
+                yield tname(T.FFN_DOWN, i, "bias"), lay.mlp_bias

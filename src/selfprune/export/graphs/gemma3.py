@@ -83,27 +83,21 @@ class Gemma3Target(Target):
         if self.src.config.get("final_logit_softcapping"):
             w.add_final_logit_softcapping(float(self.src.config["final_logit_softcapping"]))
 
-    def tensors(self):
-        src = self.src
-        yield from self._embeddings()
-        h, hd = src.hidden, src.head_dim
-        for i, lay in enumerate(self.layout):
-            p = self.layer_prefix(i)
-            nq, nkv = lay.heads * hd, lay.kv_heads * hd
-            yield tname(T.ATTN_NORM, i), self.norm_weight(src.tensor(p + "input_layernorm.weight", (h,)))
-            yield tname(T.ATTN_Q, i), src.tensor(self.proj(i, "q"), (nq, h))
-            yield tname(T.ATTN_K, i), src.tensor(self.proj(i, "k"), (nkv, h))
-            yield tname(T.ATTN_V, i), src.tensor(self.proj(i, "v"), (nkv, h))
-            yield tname(T.ATTN_OUT, i), src.tensor(self.proj(i, "o"), (h, nq))
-            for role in ("q", "k", "v"):
-                if src.has(self.proj(i, role, "bias")):
-                    raise SelfpruneError(f"layer {i} has a {self.family.projections[role]} bias; llama.cpp's gemma3 "
-                                         "graph has none")
-            yield tname(T.ATTN_Q_NORM, i), self.norm_weight(src.tensor(self.block(i, "attn") + ".q_norm.weight", (hd,))) * self.q_scale
-            yield tname(T.ATTN_K_NORM, i), self.norm_weight(src.tensor(self.block(i, "attn") + ".k_norm.weight", (hd,)))
-            yield tname(T.ATTN_POST_NORM, i), self.norm_weight(src.tensor(p + "post_attention_layernorm.weight", (h,)))
-            yield tname(T.FFN_NORM, i), self.norm_weight(src.tensor(p + "pre_feedforward_layernorm.weight", (h,)))
-            yield tname(T.FFN_GATE, i), src.tensor(self.proj(i, "gate"), (lay.ffn, h))
-            yield tname(T.FFN_UP, i), src.tensor(self.proj(i, "up"), (lay.ffn, h))
-            yield tname(T.FFN_DOWN, i), src.tensor(self.proj(i, "down"), (h, lay.ffn))
-            yield tname(T.FFN_POST_NORM, i), self.norm_weight(src.tensor(p + "post_feedforward_layernorm.weight", (h,)))
+    def layer_tensors(self, i: int, lay: LayerLayout):
+        src, h, hd, p = self.src, self.src.hidden, self.src.head_dim, self.layer_prefix(i)
+        nq, nkv = lay.heads * hd, lay.kv_heads * hd
+        yield tname(T.ATTN_NORM, i), self.norm_weight(src.tensor(p + "input_layernorm.weight", (h,)))
+        yield tname(T.ATTN_Q, i), src.tensor(self.proj(i, "q"), (nq, h))
+        yield tname(T.ATTN_K, i), src.tensor(self.proj(i, "k"), (nkv, h))
+        yield tname(T.ATTN_V, i), src.tensor(self.proj(i, "v"), (nkv, h))
+        yield tname(T.ATTN_OUT, i), src.tensor(self.proj(i, "o"), (h, nq))
+        for role in ("q", "k", "v"):
+            if src.has(self.proj(i, role, "bias")):
+                raise SelfpruneError(f"layer {i} has a {self.family.projections[role]} bias; llama.cpp's gemma3 "
+                                     "graph has none")
+        yield tname(T.ATTN_Q_NORM, i), self.norm_weight(src.tensor(self.block(i, "attn") + ".q_norm.weight", (hd,))) * self.q_scale
+        yield tname(T.ATTN_K_NORM, i), self.norm_weight(src.tensor(self.block(i, "attn") + ".k_norm.weight", (hd,)))
+        yield tname(T.ATTN_POST_NORM, i), self.norm_weight(src.tensor(p + "post_attention_layernorm.weight", (h,)))
+        yield tname(T.FFN_NORM, i), self.norm_weight(src.tensor(p + "pre_feedforward_layernorm.weight", (h,)))
+        yield from self.mlp_tensors(i, lay.ffn)
+        yield tname(T.FFN_POST_NORM, i), self.norm_weight(src.tensor(p + "post_feedforward_layernorm.weight", (h,)))

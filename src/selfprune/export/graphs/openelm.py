@@ -50,34 +50,25 @@ class OpenElmTarget(Target):
                               "or channel of compute each)")
         return out
 
-    def tensors(self):
-        src = self.src
-        yield from self._embeddings()
-        h, hd = src.hidden, src.head_dim
-        for i, lay in enumerate(self.layout):
-            p = self.layer_prefix(i)
-            yield tname(T.ATTN_NORM, i), src.tensor(p + "input_layernorm.weight", (h,))
-            if lay.attn == "kept":
-                yield tname(T.ATTN_Q_NORM, i), src.tensor(self.block(i, "attn") + ".q_norm.weight", (hd,))
-                yield tname(T.ATTN_K_NORM, i), src.tensor(self.block(i, "attn") + ".k_norm.weight", (hd,))
-                nq, nkv = lay.heads * hd, lay.kv_heads * hd
-                qkv = torch.cat([src.tensor(self.proj(i, "q"), (nq, h)),
-                                 src.tensor(self.proj(i, "k"), (nkv, h)),
-                                 src.tensor(self.proj(i, "v"), (nkv, h))])
-                yield tname(T.ATTN_QKV, i), qkv
-                yield tname(T.ATTN_OUT, i), src.tensor(self.proj(i, "o"), (h, nq))
-            else:  # a removed block's norms are gone with it; any weight works on its all-zero q and k
-                yield tname(T.ATTN_Q_NORM, i), torch.ones(hd)
-                yield tname(T.ATTN_K_NORM, i), torch.ones(hd)
-                yield tname(T.ATTN_QKV, i), torch.zeros(3 * hd, h)
-                yield tname(T.ATTN_OUT, i), torch.zeros(h, hd)
-            yield tname(T.FFN_NORM, i), src.tensor(p + "post_attention_layernorm.weight", (h,))
-            if lay.mlp == "kept":
-                n = lay.ffn
-                yield tname(T.FFN_GATE, i), src.tensor(self.proj(i, "gate"), (n, h))
-                yield tname(T.FFN_UP, i), src.tensor(self.proj(i, "up"), (n, h))
-                yield tname(T.FFN_DOWN, i), src.tensor(self.proj(i, "down"), (h, n))
-            else:
-                yield tname(T.FFN_GATE, i), torch.zeros(1, h)
-                yield tname(T.FFN_UP, i), torch.zeros(1, h)
-                yield tname(T.FFN_DOWN, i), torch.zeros(h, 1)
+    def layer_tensors(self, i: int, lay: LayerLayout):
+        src, h, hd, p = self.src, self.src.hidden, self.src.head_dim, self.layer_prefix(i)
+        yield tname(T.ATTN_NORM, i), src.tensor(p + "input_layernorm.weight", (h,))
+        if lay.attn == "kept":
+            yield tname(T.ATTN_Q_NORM, i), src.tensor(self.block(i, "attn") + ".q_norm.weight", (hd,))
+            yield tname(T.ATTN_K_NORM, i), src.tensor(self.block(i, "attn") + ".k_norm.weight", (hd,))
+            nq, nkv = lay.heads * hd, lay.kv_heads * hd
+            qkv = torch.cat([src.tensor(self.proj(i, "q"), (nq, h)),
+                             src.tensor(self.proj(i, "k"), (nkv, h)),
+                             src.tensor(self.proj(i, "v"), (nkv, h))])
+            yield tname(T.ATTN_QKV, i), qkv
+            yield tname(T.ATTN_OUT, i), src.tensor(self.proj(i, "o"), (h, nq))
+        else:  # a removed block's norms are gone with it; any weight works on its all-zero q and k
+            yield tname(T.ATTN_Q_NORM, i), torch.ones(hd)
+            yield tname(T.ATTN_K_NORM, i), torch.ones(hd)
+            yield tname(T.ATTN_QKV, i), torch.zeros(3 * hd, h)
+            yield tname(T.ATTN_OUT, i), torch.zeros(h, hd)
+        yield tname(T.FFN_NORM, i), src.tensor(p + "post_attention_layernorm.weight", (h,))
+        if lay.mlp == "kept":
+            yield from self.mlp_tensors(i, lay.ffn)
+        else:
+            yield from self.const_mlp_tensors(i)
