@@ -10,7 +10,7 @@ from selfprune.errors import SelfpruneError
 
 
 def register(subparsers) -> None:
-    from selfprune.cli.options import add_option_flags, section_paths
+    from selfprune.cli.options import PLACEMENT, add_option_flags, section_paths
 
     p = subparsers.add_parser(
         "bench",
@@ -23,8 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("pruned", metavar="PRUNED_DIR")
     p.add_argument("--baseline", metavar="MODEL",
                    help="the dense model (directory, hub id or 'default'); default: the one recorded in the checkpoint")
-    add_option_flags(p, [x for x in section_paths("bench") if x != "bench.enabled"]
-                     + ["device", "dtype", "device_map", "trust_remote_code"], grouped=False)
+    add_option_flags(p, [x for x in section_paths("bench") if x != "bench.enabled"] + PLACEMENT, grouped=False)
     p.add_argument("--json", metavar="FILE", help="write the measurements, protocol and versions here")
     p.set_defaults(handler=run_bench)
 
@@ -41,17 +40,14 @@ def recorded_baseline(pruned_dir: str) -> str | None:
 def run_bench(args: argparse.Namespace) -> int:
     from selfprune.atomic import atomic_write_json
     from selfprune.cli.eval import check_writable
-    from selfprune.cli.options import overrides_from
-    from selfprune.config import section_options, top_level_value
+    from selfprune.cli.options import overrides_from, placement_from
+    from selfprune.config import section_options
     from selfprune.models.loading import check_remote_code, resolve_model_path
     from selfprune.versions import versions
 
     given = overrides_from(args)
     options = section_options("bench", given.get("bench", {}))
-    device_map = top_level_value("device_map", given.get("device_map"))
-    if device_map is not None and given.get("device") is not None:
-        raise SelfpruneError("give one of --device and --device-map")
-    trust = top_level_value("trust_remote_code", given.get("trust_remote_code", False))
+    place = placement_from(given)
     resolve_model_path(args.pruned)  # a clear error for a path that is not a model, before loading anything
     baseline = args.baseline or recorded_baseline(args.pruned)
     if not baseline:
@@ -59,7 +55,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         check_writable(args.json)
     for name in (args.pruned, baseline):  # neither model loads if one of them would run code not trusted
-        check_remote_code(resolve_model_path(name), trust, name)
+        check_remote_code(resolve_model_path(name), place["trust_remote_code"], name)
 
     import torch
 
@@ -67,9 +63,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from selfprune.models import load_model
     from selfprune.report.tables import format_speed_table
 
-    device = given.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    place = dict(device=None if device_map else device, dtype=top_level_value("dtype", given.get("dtype", "float32")),
-                 device_map=device_map, trust_remote_code=trust)
+    device = place["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    place = {**place, "device": None if place["device_map"] else device}
     dense, _ = load_model(baseline, **place)
     pruned, _ = load_model(args.pruned, **place)
     o = options

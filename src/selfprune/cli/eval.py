@@ -14,7 +14,7 @@ EVAL_ONLY_IN_RUN = ("eval.dense",)
 
 
 def register(subparsers) -> None:
-    from selfprune.cli.options import add_option_flags, section_paths
+    from selfprune.cli.options import PLACEMENT, add_option_flags, section_paths
 
     p = subparsers.add_parser(
         "eval",
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("model", metavar="MODEL_OR_DIR")
     paths = [x for x in section_paths("eval") if x not in EVAL_ONLY_IN_RUN]
-    add_option_flags(p, paths + ["device", "dtype", "device_map", "trust_remote_code"], grouped=False)
+    add_option_flags(p, paths + PLACEMENT, grouped=False)
     p.add_argument("--json", metavar="FILE", help="write the results, protocol and versions here")
     p.set_defaults(handler=run_eval)
 
@@ -40,8 +40,8 @@ def add_trust_flag(p) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import sys
 
-    from selfprune.cli.options import overrides_from
-    from selfprune.config import section_options, top_level_value
+    from selfprune.cli.options import overrides_from, placement_from
+    from selfprune.config import section_options
     from selfprune.eval.suite import EvalSuite
     from selfprune.eval.zeroshot import parse_tasks
     from selfprune.preflight import resolve_eval_text
@@ -56,19 +56,14 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"note: {warning}", file=sys.stderr)
     if args.json:
         check_writable(args.json)
-    device_map = top_level_value("device_map", given.get("device_map"))
-    if device_map is not None and given.get("device") is not None:
-        raise SelfpruneError("give one of --device and --device-map")
+    place = placement_from(given)
 
     import torch
 
     from selfprune.models import load_model
 
-    device = given.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(args.model, device=None if device_map else device,
-                                  dtype=top_level_value("dtype", given.get("dtype", "float32")), device_map=device_map,
-                                  trust_remote_code=top_level_value("trust_remote_code",
-                                                                    given.get("trust_remote_code", False)))
+    device = place["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_model(args.model, **{**place, "device": None if place["device_map"] else device})
     result = EvalSuite(options, text, tasks)(model, tokenizer)
     report = {"model": args.model, "device": device, "options": options.model_dump(), "versions": versions()}
     if result["perplexity"] is not None:

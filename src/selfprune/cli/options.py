@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import typing
 
-from selfprune.config import RunConfig, field_paths, flag_for
+from selfprune.config import RunConfig, field_paths, flag_for, top_level_value
+
+# The run config's top-level fields that say where and how a model loads: flags of every command that loads one.
+PLACEMENT = ["device", "dtype", "device_map", "trust_remote_code"]
 
 _METAVARS = {"shapes": "BxS,...", "operator": "NAME[,NAME]", "tasks": "LIST|all", "dir": "DIR",
              "preset": "{quick,paper,paper-recover}", "fitness_samples": "N[,N...]", "stage_keep": "F[,F...]"}
@@ -56,6 +59,18 @@ def overrides_from(args: argparse.Namespace) -> dict:
             target = target.setdefault(key, {})
         target[parts[-1]] = value
     return out
+
+
+def placement_from(given: dict) -> dict:
+    """The placement flags given (``overrides_from``), validated like a config's fields, with the config's
+    defaults: ``device``, ``dtype``, ``device_map`` and ``trust_remote_code`` for ``load_model``."""
+    from selfprune.errors import SelfpruneError
+
+    place = {name: top_level_value(name, given[name]) if name in given else RunConfig.model_fields[name].default
+             for name in PLACEMENT}
+    if place["device_map"] is not None and place["device"] is not None:
+        raise SelfpruneError("give one of --device and --device-map")
+    return place
 
 
 def _is_bool(annotation) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from selfprune.cli.options import add_option_flags, section_paths
+    from selfprune.cli.options import PLACEMENT, add_option_flags, section_paths
 
     p = sub.add_parser(
         "prune",
@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("--ratio", type=float, help="fraction of attention/MLP parameters to remove in every layer, in [0, 1)")
     p.add_argument("--rates", metavar="FILE",
                    help="JSON per-layer rates: a list of numbers, or of {\"attn\": a, \"mlp\": m} (e.g. a search's best.json)")
-    add_option_flags(p, section_paths("prune") + ["seed", "device", "dtype", "device_map", "trust_remote_code"])
+    add_option_flags(p, section_paths("prune") + ["seed"] + PLACEMENT)
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for the pruned checkpoint: new or empty (or a pruned model, with --overwrite)")
     p.add_argument("--overwrite", action="store_true",
@@ -72,7 +72,7 @@ def search_settings(rates_file: str):
 
 def run(args) -> int:
     from selfprune.api import prune
-    from selfprune.cli.options import overrides_from
+    from selfprune.cli.options import overrides_from, placement_from
     from selfprune.config import section_options, top_level_value
     from selfprune.errors import SelfpruneError
     from selfprune.models.loading import resolve_model_path
@@ -114,13 +114,8 @@ def run(args) -> int:
     prepare_out_dir(args.out, overwrite=args.overwrite)
 
     seed = top_level_value("seed", given.get("seed", 0))
-    dtype = top_level_value("dtype", given.get("dtype", "float32"))
-    device_map = top_level_value("device_map", given.get("device_map"))
-    if device_map is not None and given.get("device") is not None:
-        raise SelfpruneError("give one of --device and --device-map")
-    result = prune(args.model, ratio=args.ratio, rates=rates, options=options, seed=seed, device=given.get("device"),
-                   dtype=dtype, device_map=device_map, rates_source=f"--rates {args.rates}",
-                   trust_remote_code=top_level_value("trust_remote_code", given.get("trust_remote_code", False)))
+    result = prune(args.model, ratio=args.ratio, rates=rates, options=options, seed=seed, rates_source=f"--rates {args.rates}",
+                   **placement_from(given))
     out = result.save(args.out, overwrite=args.overwrite)
     print_summary(result.summary)
     print(f"saved to {out}")
