@@ -48,6 +48,71 @@ def test_eval_pruned_checkpoint(pruned_dir, wikitext_test_path, tmp_path):
     assert 0.0 <= report["zeroshot"]["tasks"]["hellaswag"]["acc"] <= 1.0
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(default_model_dir, tmp_path_factory):
+    """A tiny random Llama saved with the default model's tokenizer (embeddings sized to it)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256)
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_papers_protocol_options():
+    from selfprune.eval.options import PAPERS_PROTOCOL, EvalOptions
+    from selfprune.eval.zeroshot import TASKS
+
+    papers = EvalOptions.papers()
+    assert (papers.ppl, papers.seqlen, papers.more_seqlens, papers.max_windows, papers.stride, papers.limit) == (
+        "wikitext2", 2048, [128], None, None, None)
+    assert papers.tasks == list(TASKS) and len(TASKS) == 7 and papers.seqlens == [2048, 128]
+    assert EvalOptions().more_seqlens == [] and EvalOptions().seqlens == [512]
+    given = EvalOptions.papers(ppl="/data/wiki.test.raw", limit=500, more_seqlens="128,4096")
+    assert (given.ppl, given.limit, given.seqlen, given.more_seqlens) == ("/data/wiki.test.raw", 500, 2048, [128, 4096])
+    assert given.tasks == papers.tasks and PAPERS_PROTOCOL["more_seqlens"] == [128]  # the constant is untouched
+    assert EvalOptions.papers(more_seqlens=None).more_seqlens == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--more-seqlens", "1"], "option --more-seqlens: 1 is too short"),
+    (["--more-seqlens", "512"], "option --more-seqlens: 512 repeats seqlen"),
+    (["--more-seqlens", "64,64"], "option --more-seqlens: 64, 64 names a length twice"),
+    (["--more-seqlens", "64,x"], "option --more-seqlens: '64,x' is not a comma-separated list"),
+    (["--stride", "100", "--more-seqlens", "64"], "option --stride: 100 is longer than the window length 64"),
+    (["--protocol", "papers", "--stride", "256"], "option --stride: 256 is longer than the window length 128"),
+    (["--protocol", "papers", "--seqlen", "128"], "option --more-seqlens: 128 repeats seqlen"),
+])
+def test_bad_more_seqlens_is_one_line(argv, message, capsys):
+    assert main(["eval", "default", "--tasks", "none", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("selfprune: error:") and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_papers_protocol_with_overrides_writes_every_length(tiny_dir, wikitext_test_path, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    rc = main(["eval", tiny_dir, "--protocol", "papers", "--ppl", str(wikitext_test_path), "--tasks", "none",
+               "--max-windows", "2", "--more-seqlens", "16", "--seqlen", "32", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "seqlen 32" in printed and "seqlen 16" in printed
+    report = json.loads(out.read_text())
+    by = report["perplexity_by_seqlen"]
+    assert list(by) == ["32", "16"] and by["32"] == report["perplexity"]
+    assert [(by[k]["protocol"]["seqlen"], by[k]["protocol"]["windows"]) for k in by] == [(32, 2), (16, 2)]
+    assert all(math.isfinite(r["ppl"]) for r in by.values()) and by["32"]["ppl"] != by["16"]["ppl"]
+    assert by["16"]["protocol"]["source"] == str(wikitext_test_path.resolve())
+    o = report["options"]  # the protocol's fields, the flags given overriding them
+    assert (o["seqlen"], o["more_seqlens"], o["max_windows"], o["tasks"], o["limit"]) == (32, [16], 2, [], None)
+    assert "zeroshot" not in report
+
+
 def test_bench_pruned_against_default(pruned_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", pruned_dir, "--baseline", "default", "--shapes", "1x16,2x16", "--decode-batches", "1",

@@ -143,3 +143,37 @@ def test_bad_inputs(default_model, tmp_path):
         perplexity(model, tokenizer, EvalText("just a few words", "test", "given"), seqlen=128)
     with pytest.raises(SelfpruneError, match="stride"):
         perplexity(model, tokenizer, EvalText("a b c " * 100, "test", "given"), seqlen=16, stride=32)
+
+
+def test_more_seqlens_scores_each_length(tiny_model):
+    """``more_seqlens``: every length in ``perplexity_by_seqlen``, the main one equal to ``perplexity``."""
+    from types import SimpleNamespace
+
+    from selfprune.eval.options import EvalOptions
+    from selfprune.eval.suite import EvalSuite
+    from selfprune.report.tables import comparison_rows
+
+    model = tiny_model("llama")
+    ids = torch.randint(0, model.config.vocab_size, (200,), generator=torch.Generator().manual_seed(0))
+    options = EvalOptions(ppl=None, seqlen=32, more_seqlens=[8], max_windows=3, tasks=[])
+    out = EvalSuite(options, ids)(model, None)
+    assert list(out["perplexity_by_seqlen"]) == ["32", "8"]
+    assert out["perplexity_by_seqlen"]["32"] == out["perplexity"]
+    assert out["perplexity"]["protocol"]["seqlen"] == 32
+    direct = perplexity(model, None, ids, seqlen=8, max_windows=3).to_dict()
+    assert out["perplexity_by_seqlen"]["8"] == direct
+    assert direct["protocol"]["seqlen"] == 8 and direct["tokens_scored"] == 3 * 7
+    assert out["perplexity_by_seqlen"]["8"]["ppl"] != out["perplexity"]["ppl"]
+
+    plain = EvalSuite(EvalOptions(ppl=None, seqlen=32, max_windows=3, tasks=[]), ids)(model, None)
+    assert "perplexity_by_seqlen" not in plain and plain["perplexity"] == out["perplexity"]
+
+    # the report's comparison table: one perplexity row per length, each with its own numbers
+    other = EvalSuite(options, ids)(tiny_model("llama", seed=1), None)
+    rows = comparison_rows(SimpleNamespace(models={"dense": {"params": 1, **out}, "pruned": {"params": 1, **other}},
+                                           speed=None))
+    ppl_rows = [r for r in rows if r[0].startswith("perplexity")]
+    assert [r[0].split(", ")[1] for r in ppl_rows] == ["seqlen 32", "seqlen 8"]
+    assert ppl_rows[1][1:3] == (f"{direct['ppl']:.2f}", f"{other['perplexity_by_seqlen']['8']['ppl']:.2f}")
+    assert len(comparison_rows(SimpleNamespace(models={"dense": {"params": 1, **plain}, "pruned": {"params": 1}},
+                                               speed=None))) == 2

@@ -21,12 +21,17 @@ def register(subparsers) -> None:
         help="perplexity and zero-shot accuracy of a model or pruned checkpoint",
         description="Evaluate a model (a directory, a pruned checkpoint, a .gguf file, a hub id, or 'default'): perplexity on "
         "WikiText-2 or a text file, and zero-shot accuracy through lm-evaluation-harness. The options and their "
-        "defaults are those of a run's eval section and of selfprune.evaluate(); the papers' protocol is "
-        "--seqlen 2048 --max-windows none --tasks all --limit none.",
+        "defaults are those of a run's eval section and of selfprune.evaluate(), a quick check; --protocol papers "
+        "is the papers' protocol (the whole WikiText-2 test set at 2048 and 128 tokens, the seven tasks with all "
+        "their documents: --ppl wikitext2 --seqlen 2048 --more-seqlens 128 --max-windows none --tasks all "
+        "--limit none), and flags given beside it override it.",
     )
     p.add_argument("model", metavar="MODEL_OR_DIR")
     paths = [x for x in section_paths("eval") if x not in EVAL_ONLY_IN_RUN]
     add_option_flags(p, paths + PLACEMENT, grouped=False)
+    p.add_argument("--protocol", choices=["papers"],
+                   help="start from a named protocol; flags given beside it override its fields. papers: "
+                        "--ppl wikitext2 --seqlen 2048 --more-seqlens 128 --max-windows none --tasks all --limit none")
     p.add_argument("--json", metavar="FILE", help="write the results, protocol and versions here")
     p.set_defaults(handler=run_eval)
 
@@ -42,13 +47,15 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from selfprune.cli.options import overrides_from, placement_from
     from selfprune.config import section_options
+    from selfprune.eval.options import PAPERS_PROTOCOL
     from selfprune.eval.suite import EvalSuite
     from selfprune.eval.zeroshot import parse_tasks
     from selfprune.preflight import resolve_eval_text
 
     # Check everything that needs no model first, so mistakes fail in a second.
     given = overrides_from(args)
-    options = section_options("eval", given.get("eval", {}))
+    base = dict(PAPERS_PROTOCOL) if args.protocol == "papers" else {}
+    options = section_options("eval", {**base, **given.get("eval", {})})
     tasks = parse_tasks(options.tasks, options.task_source) if options.tasks else []
     warnings: list[str] = []
     text = resolve_eval_text(options.ppl, warnings) if options.ppl else None
@@ -67,10 +74,14 @@ def run_eval(args: argparse.Namespace) -> int:
     result = EvalSuite(options, text, tasks)(model, tokenizer)
     report = {"model": args.model, "device": device, "options": options.model_dump(), "versions": versions()}
     if result["perplexity"] is not None:
-        report["perplexity"] = result["perplexity"]
-        p = result["perplexity"]["protocol"]
-        print(f"perplexity {result['perplexity']['ppl']:.3f}  ({p['source']}; seqlen {p['seqlen']}, stride {p['stride']}, "
-              f"{p['windows']} windows, {p['tokens_scored']} tokens scored, {p['dtype']})")
+        report["perplexity"] = result["perplexity"]  # at --seqlen
+        by_seqlen = result.get("perplexity_by_seqlen") or {str(options.seqlen): result["perplexity"]}
+        if result.get("perplexity_by_seqlen"):
+            report["perplexity_by_seqlen"] = by_seqlen
+        for r in by_seqlen.values():
+            p = r["protocol"]
+            print(f"perplexity {r['ppl']:.3f}  ({p['source']}; seqlen {p['seqlen']}, stride {p['stride']}, "
+                  f"{p['windows']} windows, {p['tokens_scored']} tokens scored, {p['dtype']})")
     if result["zeroshot"] is not None:
         report["zeroshot"] = result["zeroshot"]
         print(format_zeroshot_table(report["zeroshot"]))

@@ -10,6 +10,12 @@ from selfprune.eval.zeroshot import SOURCES as TASK_SOURCES
 from selfprune.eval.zeroshot import TASKS
 from selfprune.options import Options, bad, comma_list
 
+# The protocol of the pruning papers: perplexity on the whole WikiText-2 test set at 2048 tokens
+# (SliceGPT, SparseGPT, EvoPress) and at 128 (LLM-Pruner, FLAP), and the seven zero-shot tasks
+# with all their documents. ``EvalOptions.papers()`` and ``selfprune eval --protocol papers``.
+PAPERS_PROTOCOL = {"ppl": "wikitext2", "seqlen": 2048, "more_seqlens": [128], "max_windows": None, "stride": None,
+                   "tasks": list(TASKS), "limit": None}
+
 
 class EvalOptions(Options):
     """Quality of the dense and pruned models (as ``selfprune eval``)."""
@@ -17,6 +23,8 @@ class EvalOptions(Options):
     ppl: str | None = Field("auto", description="perplexity text: wikitext2 (hub), coqa (offline stories), a text "
                             "FILE, auto (wikitext2 when it can be loaded, else coqa, said so), or null (skip)")
     seqlen: int = Field(512, ge=2, description="tokens per perplexity window")
+    more_seqlens: list[int] = Field([], description="also score perplexity at these window lengths; the papers' "
+                                    "protocol adds 128 to 2048")
     max_windows: int | None = Field(8, ge=1, description="score only the first N windows (null: the whole text)")
     stride: int | None = Field(None, ge=1, description="window stride (default: seqlen, no overlap)")
     tasks: list[str] = Field(["piqa", "arc_easy"], description="zero-shot tasks (lm-eval), or 'all'; none or [] skips zero-shot")
@@ -35,16 +43,46 @@ class EvalOptions(Options):
             v = [s.strip() for s in v.split(",") if s.strip()]
         return list(TASKS) if v == ["all"] else v
 
+    @field_validator("more_seqlens", mode="before")
+    @classmethod
+    def _seqlens(cls, v):
+        if v is None:  # --more-seqlens none
+            return []
+        if isinstance(v, int):
+            return [v]
+        return comma_list(v, int, "window lengths like 128 or 128,4096")
+
     @model_validator(mode="after")
     def _consistent(self):
         if self.stride is not None and self.stride > self.seqlen:
             raise bad("stride", f"{self.stride} is longer than seqlen {self.seqlen}")
+        for n in self.more_seqlens:
+            if n < 2:
+                raise bad("more_seqlens", f"{n} is too short; use at least 2 (papers use 128 or 2048)")
+            if n == self.seqlen:
+                raise bad("more_seqlens", f"{n} repeats seqlen; list only the other window lengths")
+        if len(set(self.more_seqlens)) < len(self.more_seqlens):
+            raise bad("more_seqlens", f"{', '.join(map(str, self.more_seqlens))} names a length twice")
+        short = [n for n in self.more_seqlens if self.stride is not None and self.stride > n]
+        if short:
+            raise bad("stride", f"{self.stride} is longer than the window length {min(short)} in more_seqlens")
         if self.task_source == "offline":
             unknown = [t for t in self.tasks if t not in TASKS]
             if unknown:
                 raise bad("tasks", f"unknown offline task(s) {', '.join(unknown)}; known offline tasks: "
                                    f"{', '.join(TASKS)} (other lm-eval tasks need task_source: hub)")
         return self
+
+    @classmethod
+    def papers(cls, **overrides) -> EvalOptions:
+        """The papers' protocol (``PAPERS_PROTOCOL``) with some fields overridden, e.g.
+        ``EvalOptions.papers(ppl="wiki.test.raw", limit=500)``."""
+        return cls(**{**PAPERS_PROTOCOL, **overrides})
+
+    @property
+    def seqlens(self) -> list[int]:
+        """Every perplexity window length: ``seqlen`` first, then ``more_seqlens``."""
+        return [self.seqlen, *self.more_seqlens]
 
 
 class BenchOptions(Options):

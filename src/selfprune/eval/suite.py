@@ -10,7 +10,10 @@ from selfprune.eval.options import EvalOptions
 
 class EvalSuite:
     """Perplexity on ``eval_text`` (None: skipped) and zero-shot on ``tasks``; ``steps`` sizes a
-    progress bar. ``quiet_libraries`` is a context manager that keeps lm-eval's output off screen."""
+    progress bar. ``out["perplexity"]`` is at ``seqlen``; with ``more_seqlens``,
+    ``out["perplexity_by_seqlen"]`` maps every length, ``seqlen`` included, as a string ("2048") to
+    its result (the key is absent without ``more_seqlens``). ``quiet_libraries`` is a context
+    manager that keeps lm-eval's output off screen."""
 
     def __init__(self, options: EvalOptions, eval_text: Any = None, tasks: list[str] | None = None,
                  quiet_libraries=contextlib.nullcontext):
@@ -25,8 +28,12 @@ class EvalSuite:
             from selfprune.eval.perplexity import perplexity
 
             _note(bar, "perplexity")
-            out["perplexity"] = perplexity(model, tokenizer, self.eval_text, seqlen=e.seqlen, max_windows=e.max_windows,
-                                           stride=e.stride, batch_size=e.batch_size).to_dict()
+            by_seqlen = {str(n): perplexity(model, tokenizer, self.eval_text, seqlen=n, max_windows=e.max_windows,
+                                            stride=e.stride, batch_size=e.batch_size).to_dict()
+                         for n in e.seqlens}
+            out["perplexity"] = by_seqlen[str(e.seqlen)]
+            if e.more_seqlens:
+                out["perplexity_by_seqlen"] = by_seqlen
             _step(bar)
         if self.tasks:
             from selfprune.eval.zeroshot import zeroshot

@@ -83,6 +83,15 @@ def comparison_rows(results: RunResults) -> list[tuple[str, ...]]:
         proto = (pp or dp)["protocol"]
         label = f"perplexity ({_source_name(proto['source'])}, seqlen {proto['seqlen']}, {proto['windows']} windows)"
         rows.append(row(label, lambda m: (m.get("perplexity") or {}).get("ppl"), ppl, "ratio"))
+        # eval.more_seqlens: one more row per extra window length
+        by_seqlen = pruned.get("perplexity_by_seqlen") or dense.get("perplexity_by_seqlen") or {}
+        for key, result in by_seqlen.items():
+            p = result["protocol"]
+            if p["seqlen"] == proto["seqlen"]:
+                continue
+            label = f"perplexity ({_source_name(p['source'])}, seqlen {p['seqlen']}, {p['windows']} windows)"
+            rows.append(row(label, lambda m, key=key: ((m.get("perplexity_by_seqlen") or {}).get(key) or {}).get("ppl"),
+                            ppl, "ratio"))
     dz, pz = dense.get("zeroshot"), pruned.get("zeroshot")
     if dz or pz:
         tasks = list((pz or dz)["tasks"])
