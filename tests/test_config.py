@@ -85,6 +85,7 @@ def test_every_config_field_has_a_flag_and_every_option_of_the_other_subcommands
     (["--min-rate", "0.5", "--max-rate", "0.4"], "model: default\nratio: 0.3\n", "search.min_rate"),
     (["--fitness-samples", "2,4", "--stage-keep", "0.5,0.5"], "model: default\nratio: 0.3\n", "search.stage_keep"),
     (["--seqlen", "100000"], "model: default\nratio: 0.3\n", "eval.seqlen"),  # longer than the model's context
+    (["--more-seqlens", "128,100000"], "model: default\nratio: 0.3\n", "eval.more_seqlens"),  # so is one more length
     (["--tasks", "piqa,nope"], "model: default\nratio: 0.3\n", "eval.tasks"),
     ([], "ratio: 0.3\n", "model"),  # required
     ([], "model: default\nratio: 0.3\noutput: {}\n", "output.dir"),  # no run directory

@@ -137,7 +137,8 @@ def _check_context(cfg: RunConfig, model_path: str) -> None:
         text_config.get("max_position_embeddings") if isinstance(text_config, dict) else None)
     if not limit:
         return
-    for name, value in (("eval.seqlen", cfg.eval.seqlen), ("search.fitness_seqlen", cfg.search.fitness_seqlen),
-                        ("prune.calib_seqlen", cfg.prune.calib_seqlen)):
+    lengths = [("eval.seqlen", cfg.eval.seqlen), *(("eval.more_seqlens", n) for n in cfg.eval.more_seqlens),
+               ("search.fitness_seqlen", cfg.search.fitness_seqlen), ("prune.calib_seqlen", cfg.prune.calib_seqlen)]
+    for name, value in lengths:
         if value > limit:
             raise SelfpruneError(f"field '{name}': {value} is longer than the model's context of {limit} tokens")
