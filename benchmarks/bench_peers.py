@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the peers beside this script
 
-from common import default_wikitext, machine, portable, portable_path  # noqa: E402
+from common import default_wikitext, machine, portable, portable_path
 
 METHODS = ("dense", "wanda-sp", "flap", "llm-pruner", "shortgpt", "sleb", "owl", "evopress", "selfprune-quick",
            "selfprune-paper")
@@ -107,9 +107,9 @@ def eval_options(args):
 
 def prune_with(method: str, model, tokenizer, ratio: float, seed: int, args, note) -> dict:
     """Prune ``model`` in place by ``method``; return what it decided and how long it took."""
+    import peers
     import torch
 
-    import peers
     from selfprune.api import search
     from selfprune.config import PRESETS
     from selfprune.evolution.options import SearchOptions
@@ -118,7 +118,7 @@ def prune_with(method: str, model, tokenizer, ratio: float, seed: int, args, not
     from selfprune.pruning.pipeline import calibration_blocks, prune_model
 
     adapter = get_adapter(model)
-    calib = dict(calib=args.calib, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen)
+    calib = {"calib": args.calib, "calib_samples": args.calib_samples, "calib_seqlen": args.calib_seqlen}
     started = time.perf_counter()
     blocks = calibration_blocks(tokenizer, args.calib, args.calib_samples, args.calib_seqlen, seed)
     extra: dict = {}
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
         note("start")
         try:
             row = run_cell(method, ratio, seed, args, model_dir, note)
-        except Exception:  # the other cells still run; this one stays missing, so a rerun retries it
+        except Exception:  # noqa: BLE001 -- the other cells still run; this one stays missing, so a rerun retries it
             import traceback
 
             note("failed:\n" + traceback.format_exc())

@@ -51,7 +51,7 @@ def flap_allocation(adapter, blocks: torch.Tensor, ratio: float, progress: bool 
     groups, channels, attn_means, mlp_means = [], [], [], []
     for i in range(adapter.num_layers):
         attn, mlp, s = adapter.attention(i), adapter.mlp(i), stats[i]
-        w = lambda block, role: adapter.projection(block, role).weight.double()  # noqa: E731
+        w = lambda block, role: adapter.projection(block, role).weight.double()
         a = fluctuation.attention(w(attn, "o"), w(attn, "q"), s).pow(2)  # FLAP squares the attention metric
         groups.append(_standardized(a).reshape(kv, g * hd).mean(1).float().cpu())
         channels.append(_standardized(fluctuation.mlp(w(mlp, "gate"), w(mlp, "up"), w(mlp, "down"), s)).float().cpu())
