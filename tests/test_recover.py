@@ -5,7 +5,6 @@ short sequences) so the file runs in minutes on a CPU; docs/recover.md has the r
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import subprocess
@@ -129,7 +128,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(pruned_dir, smal
             if record["step"] == stop_at:
                 raise Interrupt
 
-        o = dataclasses.replace(opts, state_dir=str(state_dir), resume=resume)
+        o = opts.model_copy(update={"state_dir": str(state_dir), "resume": resume})
         return recover(student, tokenizer, teacher=dense, teacher_tokenizer=dense_tok, options=o, callback=stop)
 
     whole = run(tmp_path / "whole")
@@ -144,7 +143,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(pruned_dir, smal
     assert [r["loss"] for r in resumed.summary["loss_curve"]] == [r["loss"] for r in whole.summary["loss_curve"]]
     # A state from other settings is refused rather than mixed in.
     student, tokenizer = _student(pruned_dir)
-    other = dataclasses.replace(opts, state_dir=str(tmp_path / "cut"), resume=True, seed=1)
+    other = opts.model_copy(update={"state_dir": str(tmp_path / "cut"), "resume": True, "seed": 1})
     with pytest.raises(SelfpruneError, match="different run"):
         recover(student, tokenizer, teacher=dense, teacher_tokenizer=dense_tok, options=other)
 

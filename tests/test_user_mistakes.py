@@ -3,7 +3,6 @@ where the input allows, before the model loads and with nothing written."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -152,12 +151,77 @@ def test_every_float_option_refuses_inf_and_nan():
             value = [bad] if name == "stage_keep" else bad
             with pytest.raises(SelfpruneError, match=f"option {flag_for(path)}: .*finite"):
                 section_options(section, {name: value})
-    recover_floats = [f.name for f in dataclasses.fields(RecoverOptions) if isinstance(f.default, float)] + ["lr"]
-    assert {"warmup", "weight_decay", "grad_clip", "temperature", "lora_alpha"} <= set(recover_floats)
+    recover_floats = [name for name, info in RecoverOptions.model_fields.items() if "float" in str(info.annotation)]
+    assert {"warmup", "weight_decay", "grad_clip", "temperature", "lora_alpha", "lr"} <= set(recover_floats)
     for name in recover_floats:
         for bad in (math.inf, -math.inf, math.nan):
-            with pytest.raises(SelfpruneError, match=f"--{name.replace('_', '-')} must be a finite number"):
-                RecoverOptions(**{name: bad}).validate()
+            with pytest.raises(SelfpruneError, match=f"field '{name}': .*finite"):
+                RecoverOptions.checked(**{name: bad})
+
+
+def _recover_parser():
+    import argparse
+
+    from selfprune.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["recover"]
+
+
+def test_every_recover_option_is_a_flag_with_the_same_default(tmp_path):
+    from selfprune.cli.recover import options_from_args
+    from selfprune.recover.options import RecoverOptions
+
+    actions = {a.dest: a for a in _recover_parser()._actions}
+    for name, info in RecoverOptions.model_fields.items():
+        assert name in actions, f"RecoverOptions.{name} has no `selfprune recover` flag"
+        assert f"--{name.replace('_', '-')}" in actions[name].option_strings
+        assert actions[name].default == info.default, name
+        assert type(actions[name].default) is type(info.default), name
+    # The flags scripts and docs use keep their names.
+    flags = {s for a in actions.values() for s in a.option_strings}
+    assert {"--tokens", "--grad-accum", "--lr", "--warmup", "--weight-decay", "--heldout-blocks", "--eval-every",
+            "--save-every", "--state-dir", "--resume", "--keep-state", "--gradient-checkpointing", "--lora-r",
+            "--lora-alpha", "--lora-dropout", "--out", "--teacher", "--json", "--trust-remote-code"} <= flags
+    # No flag given: the options are RecoverOptions' defaults, with the state beside the output.
+    out = tmp_path / "rec"
+    given = _recover_parser().parse_args(["pruned", "--out", str(out)])
+    assert options_from_args(given) == RecoverOptions(state_dir=f"{out}.state")
+    given = _recover_parser().parse_args(["pruned", "--out", str(out), "--tokens", "1.5M", "--lr", "none",
+                                          "--no-progress", "--eval-every", "0", "--method", "lora-kd"])
+    opts = options_from_args(given)
+    assert (opts.tokens, opts.lr, opts.progress, opts.eval_every, opts.method) == (1_500_000, None, False, 0, "lora-kd")
+
+
+@pytest.mark.parametrize("argv, flag, problem", [
+    (["--warmup", "1.5"], "--warmup", "less than 1"),
+    (["--seqlen", "1"], "--seqlen", "greater than or equal to 2"),
+    (["--grad-accum", "2.5"], "--grad-accum", "integer"),
+    (["--tokens", "lots"], "--tokens", "not a token count"),
+    (["--lr", "0"], "--lr", "greater than 0"),
+    (["--lora-dropout", "inf"], "--lora-dropout", "finite"),
+    (["--min-lr-ratio", "1.5"], "--min-lr-ratio", "less than or equal to 1"),
+])
+def test_bad_recover_option_fails_in_one_line_naming_the_flag(argv, flag, problem, no_model_load, dense_dir,
+                                                              tmp_path, capsys):
+    out = tmp_path / "rec"
+    line = fails(capsys, "recover", dense_dir, "--out", out, *argv)
+    assert f"option {flag}: " in line and problem in line, line
+    assert not out.exists() and not (tmp_path / "rec.state").exists()
+
+
+def test_recover_resume_needs_a_state_dir():
+    from selfprune.recover import recover
+    from selfprune.recover.options import RecoverOptions
+
+    with pytest.raises(SelfpruneError, match="field 'state_dir': resume needs"):
+        RecoverOptions.checked(resume=True)
+    with pytest.raises(SelfpruneError, match="field 'state_dir': resume needs"):
+        recover("no-such-checkpoint", resume=True)  # checked before anything loads
+    with pytest.raises(SelfpruneError, match="unknown recovery option.*warmpu"):
+        recover("no-such-checkpoint", warmpu=0.1)
+    with pytest.raises(SelfpruneError, match="field 'warmup'"):
+        recover("no-such-checkpoint", options=RecoverOptions().model_copy(update={"warmup": 2.0}))
 
 
 def test_report_names_where_the_json_breaks(tmp_path, capsys):

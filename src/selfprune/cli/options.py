@@ -33,7 +33,7 @@ def add_option_flags(parser: argparse.ArgumentParser, paths: list[str], grouped:
         if section not in groups:
             groups[section] = parser.add_argument_group(f"{section} options") if grouped else parser
         info = field_info(parts)
-        kwargs = dict(dest=path, default=argparse.SUPPRESS, help=_help(info))
+        kwargs = {"dest": path, "default": argparse.SUPPRESS, "help": _help(info)}
         if _is_bool(info.annotation):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -58,6 +58,36 @@ def overrides_from(args: argparse.Namespace) -> dict:
         for key in parts[:-1]:
             target = target.setdefault(key, {})
         target[parts[-1]] = value
+    return out
+
+
+def add_model_flags(parser: argparse.ArgumentParser, cls, metavars: dict[str, str] | None = None) -> None:
+    """One flag per field of any ``Options`` class ``cls`` (``--field-name``, stored under the field's
+    name) with the field's own default, its description as help, ``--x/--no-x`` for a boolean and the
+    choices of a Literal. Other values reach ``cls`` as typed, and its fields convert and check them
+    (a comma list is split by the field's own validator, as in a run's sections): ``values_from``."""
+    for name, info in cls.model_fields.items():
+        kwargs = {"dest": name, "default": info.default}
+        if _is_bool(info.annotation):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(info.annotation) is typing.Literal:
+            kwargs["choices"] = typing.get_args(info.annotation)
+        else:
+            kwargs["metavar"] = (metavars or {}).get(name) or _metavar(name, info)
+        action = parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+        action.help = _help(info)  # set after: some Python versions append the default to a boolean's help
+
+
+def values_from(args: argparse.Namespace, cls) -> dict:
+    """{field: value} of ``cls``'s flags (``add_model_flags``); 'none'/'null' clear a field that may be None."""
+    out = {}
+    for name, info in cls.model_fields.items():
+        if name not in vars(args):
+            continue
+        value = getattr(args, name)
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in typing.get_args(info.annotation):
+            value = None
+        out[name] = value
     return out
 
 

@@ -130,15 +130,9 @@ def _teacher_reference(teacher, blocks, batch, device, amp_dtype) -> dict:
 
 
 def _options(options: RecoverOptions | None, overrides: dict) -> RecoverOptions:
-    if options is not None and overrides:
-        options = dataclasses.replace(options, **overrides)
-    elif options is None:
-        names = {f.name for f in dataclasses.fields(RecoverOptions)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise SelfpruneError(f"unknown recovery option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        options = RecoverOptions(**overrides)
-    return options.validate()
+    """``options`` (or the defaults) with ``overrides``, checked as a whole: a mistake is one line naming the field."""
+    base = options.model_dump() if options is not None else {}
+    return RecoverOptions.checked(**{**base, **overrides})
 
 
 def _param_groups(params: list[tuple[str, torch.nn.Parameter]], weight_decay: float):
