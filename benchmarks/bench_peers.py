@@ -16,6 +16,7 @@ Methods (``--methods``):
   owl              OWL's outlier-weighted per-layer rates, pruned by selfprune's default pruner
   evopress         EvoPress's search (its own KL fitness and stages) at selfprune's quick budget
   selfprune-quick  `selfprune run`'s quick preset as a user gets it: the LLM-driven search, 40 evaluations
+  selfprune-quick-max1  the same with --max-rate 1, so that the search may remove whole blocks
   selfprune-paper  the same at the Self-Pruner paper's budget (430 evaluations)
 
 Each (method, ratio, seed) is one file under OUT/cells/, written when it completes; a rerun skips
@@ -46,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the peers beside thi
 from common import default_wikitext, machine, portable, portable_path
 
 METHODS = ("dense", "wanda-sp", "flap", "llm-pruner", "shortgpt", "sleb", "owl", "evopress", "selfprune-quick",
-           "selfprune-paper")
+           "selfprune-quick-max1", "selfprune-paper")
 TRAINING_FREE = METHODS[1:]
 
 
@@ -152,6 +153,7 @@ def prune_with(method: str, model, tokenizer, ratio: float, seed: int, args, not
             "owl": {"operator": ["owl"]},
             "evopress": {**PRESETS["evopress"]["search"], "max_evals": quick_budget()},
             "selfprune-quick": {},
+            "selfprune-quick-max1": {"max_rate": 1.0},
             "selfprune-paper": PRESETS["paper"]["search"],
         }[method]
         outcome = search(model, ratio, tokenizer, prune=options, options=SearchOptions(**search_options), seed=seed,
