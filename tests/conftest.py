@@ -91,3 +91,29 @@ def tiny_model():
         return model.eval()
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(default_model_dir, tmp_path_factory):
+    """Factory: a tiny random Llama (``tiny_config`` with ``overrides``) saved with the default
+    model's tokenizer, its embeddings sized to it, so a command loads, calibrates and scores it in
+    a moment. The same overrides give the same folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    made: dict[tuple, str] = {}
+
+    def make(**overrides) -> str:
+        key = tuple(sorted(overrides.items()))
+        if key not in made:
+            tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+            config = tiny_config("llama")
+            for name, value in {"vocab_size": len(tokenizer), **overrides}.items():
+                setattr(config, name, value)
+            torch.manual_seed(0)
+            path = tmp_path_factory.mktemp("tiny") / "model"
+            AutoModelForCausalLM.from_config(config).save_pretrained(path)
+            tokenizer.save_pretrained(path)
+            made[key] = str(path)
+        return made[key]
+
+    return make

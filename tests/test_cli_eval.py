@@ -49,19 +49,8 @@ def test_eval_pruned_checkpoint(pruned_dir, wikitext_test_path, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(default_model_dir, tmp_path_factory):
-    """A tiny random Llama saved with the default model's tokenizer (embeddings sized to it)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256)
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+def tiny_dir(tiny_model_dir):
+    return tiny_model_dir(hidden_size=32, intermediate_size=48, num_hidden_layers=2, head_dim=8)
 
 
 def test_papers_protocol_options():

@@ -100,18 +100,10 @@ def test_sleb_removes_greedily_by_calibration_perplexity_and_puts_the_layers_bac
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(default_model_dir, tmp_path_factory):
-    """A tiny random Llama of four layers, saved with the default model's tokenizer and a 2048-token context."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=2048)
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+def tiny_dir(tiny_model_dir):
+    """Four layers and a 2048-token context (the papers' longer window)."""
+    return tiny_model_dir(hidden_size=32, intermediate_size=48, num_hidden_layers=4, head_dim=8,
+                          max_position_embeddings=2048)
 
 
 def test_bench_peers_runs_each_cell_once_and_merges_them_into_one_record(load_benchmark, tiny_dir, wikitext_test_path,

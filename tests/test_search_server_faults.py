@@ -129,19 +129,9 @@ def test_a_model_list_that_is_not_one_is_checked_by_a_chat_request(fault_server,
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, default_model_dir):
-    """A tiny Llama (3 layers) with the default model's tokenizer: the search's model loads, is
-    calibrated and scored in a moment."""
-    from conftest import tiny_config
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = tmp_path_factory.mktemp("tiny")
-    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
-    config = tiny_config("llama")
-    config.vocab_size, config.max_position_embeddings = len(tokenizer), 4096
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+def tiny_dir(tiny_model_dir):
+    """A tiny Llama (3 layers): the search's model loads, is calibrated and scored in a moment."""
+    return tiny_model_dir(max_position_embeddings=4096)
 
 
 def cli_argv(model, out, *extra):
