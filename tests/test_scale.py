@@ -119,6 +119,8 @@ def _assert_same_scores(a, b):
         for x, y in zip(getattr(a, name), getattr(b, name), strict=True):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(a.outlier_ratio, b.outlier_ratio)
+    torch.testing.assert_close(a.attn_influence, b.attn_influence)
+    torch.testing.assert_close(a.mlp_influence, b.mlp_influence)
     assert a.calib_tokens == b.calib_tokens
 
 

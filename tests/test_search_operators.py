@@ -13,7 +13,7 @@ from selfprune.evolution.llm.backends import RandomBackend, make_backend
 from selfprune.evolution.llm.operator import LLMOperator, LLMSettings
 from selfprune.evolution.loop import Search, SearchConfig
 from selfprune.evolution.operators.classic import gaussian_mutation
-from selfprune.evolution.operators.seeds import importance_vector, level_switches, mlp_unit, prior_shapes
+from selfprune.evolution.operators.seeds import MAX_PRIORS, importance_vector, level_switches, mlp_unit, prior_shapes
 from selfprune.evolution.operators.types import Context
 from selfprune.evolution.strategies import get_strategy, make_operator, strategy_config
 from selfprune.options import SearchOptions
@@ -92,11 +92,11 @@ def test_level_switches_cross_levels_that_noise_rounds_away():
 def test_evopress_strategy_as_published():
     ev = get_strategy("evopress")
     big = ev.config(30, 20, 10, 10, None, init="seeded", stage_keep=(0.25, 0.25))
-    assert big.mutation == 64 and big.crossover == 0 and big.population == 1 and big.initial == 4
+    assert big.mutation == 64 and big.crossover == 0 and big.population == 1 and big.initial == MAX_PRIORS == 5
     # Survivors 8 of 64, then 2 of 8, then 1 (the loop's elitist (1 + lambda) keeps the parent).
     assert big.stage_keep == pytest.approx((8 / 64, 2 / 8))
     small = ev.config(8, 4, 4, 4, 40, init="seeded")
-    assert small.mutation == (40 - 4) // 4 and small.max_evals == 40
+    assert small.mutation == (40 - 5) // 4 and small.max_evals == 40
     # Random search keeps lambda = crossover + mutation.
     assert get_strategy("random").config(8, 4, 4, 4, 40, init="noise").mutation == 8
 

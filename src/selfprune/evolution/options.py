@@ -20,8 +20,8 @@ class SearchOptions(Options):
         ["llm"], min_length=1,
         description="search operator(s); several run one after another on the same budget and the best genome wins")
     init: Literal[INITS] = Field(
-        "seeded", description="initial population of every searching operator: seeded (uniform, OWL and "
-        "importance-derived shapes, then level switches of them) or noise (Gaussian noise around uniform)")
+        "seeded", description="initial population of every searching operator: seeded (uniform, OWL, "
+        "importance-derived shapes and block removal, then level switches of them) or noise (Gaussian noise around uniform)")
     population: int = Field(8, ge=1, description="population size (survivors per generation)")
     generations: int = Field(4, ge=0, description="generations after the initial population")
     crossover: int = Field(4, ge=0, description="offspring by crossover per generation")

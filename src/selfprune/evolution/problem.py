@@ -82,6 +82,8 @@ def build_search_problem(model, tokenizer, ratio: float, prune: PruneOptions | N
             "attn_importance": _profile(scores.head_scores),
             "mlp_importance": _profile(scores.channel_scores),
             "outlier_ratio": scores.outlier_ratio.numpy(),
+            **({"attn_influence": scores.attn_influence.numpy(), "mlp_influence": scores.mlp_influence.numpy()}
+               if scores.attn_influence is not None else {}),
         },
         scores=scores,
         info={"metric": prune.metric, "fitness": search.fitness, "fitness_name": fit.display_name,

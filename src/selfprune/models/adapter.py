@@ -91,6 +91,12 @@ class ModelAdapter:
     def mlp(self, idx: int) -> nn.Module:
         return getattr(self.layers[idx], self.family.mlp)
 
+    def residual_branch(self, idx: int, kind: str) -> nn.Module:
+        """The module of layer ``idx`` whose output the ``kind`` (attn or mlp) block adds to the
+        residual stream: the block itself, or the norm after it in families with sandwich norms."""
+        name = self.family.attn_residual if kind == "attn" else self.family.mlp_residual
+        return getattr(self.layers[idx], name) if name else (self.attention(idx) if kind == "attn" else self.mlp(idx))
+
     def set_attention(self, idx: int, module: nn.Module) -> None:
         setattr(self.layers[idx], self.family.attention, module)
 

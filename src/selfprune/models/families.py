@@ -29,6 +29,10 @@ class Family:
     attention: str = "self_attn"  # a layer's attention block
     mlp: str = "mlp"  # a layer's MLP block
     projections: dict[str, str] = field(default_factory=lambda: dict(_LLAMA_NAMES))
+    # The layer's modules whose outputs are added to the residual stream (default: the blocks
+    # themselves; families with sandwich norms add the norm's output): block influence reads them.
+    attn_residual: str | None = None
+    mlp_residual: str | None = None
     gguf_arch: str | None = None  # the llama.cpp graph a pruned model exports to (export/graphs/); None: none
 
     def anatomy(self) -> dict:
@@ -45,7 +49,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("qwen3", ("qwen3",), "Qwen3ForCausalLM", "RMSNorm on q and k over head_dim (shared by heads, kept whole)",
            gguf_arch="openelm"),
     Family("gemma3", ("gemma3_text",), "Gemma3ForCausalLM", "q/k norms, sandwich norms, GeGLU MLP",
-           gguf_arch="gemma3"),
+           gguf_arch="gemma3", attn_residual="post_attention_layernorm", mlp_residual="post_feedforward_layernorm"),
 )
 
 BY_MODEL_TYPE: dict[str, Family] = {t: f for f in FAMILIES for t in f.model_types}

@@ -12,8 +12,10 @@ all calibration blocks, so a model that fits in host memory is scored on a devic
 It runs when a ``device`` is given that is not where the model sits; ``load_model`` leaves a
 model that does not fit its device on the CPU and names that device for this pass.
 
-The per-channel means are kept for FLAP's bias compensation, and a per-layer outlier ratio
-(share of Wanda scores above 5x their layer mean, as OWL defines it) for OWL-style allocation.
+The per-channel means are kept for FLAP's bias compensation, a per-layer outlier ratio
+(share of Wanda scores above 5x their layer mean, as OWL defines it) for OWL-style allocation,
+and each block's influence on the residual stream (ShortGPT's measure, per attention and MLP
+block) for priors that remove whole blocks.
 """
 
 from __future__ import annotations
@@ -42,6 +44,52 @@ class ImportanceScores:
     mlp_input_mean: list[torch.Tensor]  # per layer: mean input of down_proj, (intermediate_size,)
     outlier_ratio: torch.Tensor  # (num_layers,)
     calib_tokens: int
+    attn_influence: torch.Tensor | None = None  # (num_layers,): see BlockInfluence
+    mlp_influence: torch.Tensor | None = None
+
+
+class BlockInfluence:
+    """How much each attention and MLP block turns the residual stream: 1 - cos(stream before the
+    block, stream after it), averaged over calibration tokens. ShortGPT's block influence, taken per
+    block instead of per layer; a block that barely turns the stream costs little to remove whole."""
+
+    def __init__(self, num_layers: int):
+        self.attn_sum, self.mlp_sum = [0.0] * num_layers, [0.0] * num_layers
+        self.tokens = [0] * num_layers
+        self._stream: list[torch.Tensor | None] = [None] * num_layers
+
+    def register(self, adapter: ModelAdapter) -> list:
+        handles = []
+        for i, layer in enumerate(adapter.layers):
+            handles.append(layer.register_forward_pre_hook(self._enter(i), with_kwargs=True))
+            handles.append(adapter.residual_branch(i, "attn").register_forward_hook(self._add(i, self.attn_sum)))
+            handles.append(adapter.residual_branch(i, "mlp").register_forward_hook(self._add(i, self.mlp_sum)))
+        return handles
+
+    def _enter(self, i):
+        def hook(module, args, kwargs):
+            self._stream[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+        return hook
+
+    def _add(self, i, sums):
+        def hook(module, args, output):
+            before = self._stream[i]
+            if before is None:  # a layer's forward replaced while its inputs are captured
+                return
+            after = before + (output[0] if isinstance(output, tuple) else output).detach()
+            cos = torch.nn.functional.cosine_similarity(before.float(), after.float(), dim=-1)
+            sums[i] += float((1 - cos).sum())
+            if sums is self.attn_sum:
+                self.tokens[i] += cos.numel()
+                self._stream[i] = after
+            else:
+                self._stream[i] = None
+        return hook
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = torch.tensor([max(t, 1) for t in self.tokens], dtype=torch.float64)
+        return (torch.tensor(self.attn_sum, dtype=torch.float64) / n).float(), \
+            (torch.tensor(self.mlp_sum, dtype=torch.float64) / n).float()
 
 
 class _Stats:
@@ -93,11 +141,12 @@ INPUT_OF = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate"
 
 @torch.no_grad()
 def collect_activation_stats(adapter: ModelAdapter, blocks: torch.Tensor, batch_size: int = 8, progress: bool = True,
-                             layerwise: bool = False, device: str | torch.device | None = None):
+                             layerwise: bool = False, device: str | torch.device | None = None,
+                             influence: BlockInfluence | None = None):
     """Run the calibration blocks through the model and return per-layer input statistics;
-    ``layerwise``: one decoder layer at a time on ``device``."""
+    ``layerwise``: one decoder layer at a time on ``device``; ``influence`` measured on the way."""
     stats = [{role: _Stats() for role in OBSERVED} for _ in range(adapter.num_layers)]
-    handles = []
+    handles = influence.register(adapter) if influence is not None else []
     for i in range(adapter.num_layers):
         for role in OBSERVED:
             block = adapter.attention(i) if role in ("q", "o") else adapter.mlp(i)
@@ -224,8 +273,10 @@ def compute_importance(
     if layerwise is None:
         same = device.type == home.type and (device.index is None or device.index == home.index)
         layerwise = not same and not getattr(adapter.model, "hf_device_map", None)
+    influence = BlockInfluence(adapter.num_layers)
     stats = collect_activation_stats(adapter, blocks, batch_size=batch_size, progress=progress,
-                                     layerwise=layerwise, device=device)
+                                     layerwise=layerwise, device=device, influence=influence)
+    attn_influence, mlp_influence = influence.result()
     heads, channels, attn_means, mlp_means, outliers = [], [], [], [], []
     for i in range(adapter.num_layers):
         attn, mlp, s = adapter.attention(i), adapter.mlp(i), stats[i]
@@ -245,6 +296,8 @@ def compute_importance(
         mlp_input_mean=mlp_means,
         outlier_ratio=torch.tensor(outliers),
         calib_tokens=int(blocks.numel()),
+        attn_influence=attn_influence,
+        mlp_influence=mlp_influence,
     )
 
 

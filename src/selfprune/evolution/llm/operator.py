@@ -295,7 +295,7 @@ class LLMOperator(Operator):
         heads = seed_proposals(ctx)[:n]
         want = int(round(self.s.init_share * (n - len(heads))))
         # The examples are the head of the shared start as control points (seeded: the priors, i.e.
-        # uniform, OWL and importance-derived shapes; noise: uniform alone), so the prompt carries no
+        # uniform, OWL, importance-derived shapes, block removal; noise: uniform alone), so the prompt carries no
         # prior the other operators do not start from.
         examples = tuple(self._format(*self._points(p.vector, ctx, k), space.joint) for p in seed_proposals(ctx))
         lo, hi = space.bounds

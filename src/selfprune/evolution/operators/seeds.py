@@ -1,9 +1,11 @@
 """Where every searching operator starts: the initial population, built by one function.
 
 ``init="seeded"``: the priors an expert (and the LLM operator's prompt) would start from --
-uniform, OWL (fewer outliers -> pruned more) and two shapes derived from the per-layer importance
-profiles (important layers pruned less) -- and, to fill the population, those priors changed by
-one to three level switches (a block one level down, another one level up, so the budget holds).
+uniform, OWL (fewer outliers -> pruned more), two shapes derived from the per-layer importance
+profiles (important layers pruned less) and block removal (the blocks that turn the residual
+stream least, per parameter, pruned to the upper bound: ShortGPT's idea per attention and MLP
+block) -- and, to fill the population, those priors changed by one to three level switches (a
+block one level down, another one level up, so the budget holds).
 ``init="noise"``: uniform plus Gaussian noise of a random scale around it (the classical start).
 
 GA, random search, EvoPress and the LLM operator all call ``initial_population``, so at the same
@@ -20,7 +22,7 @@ from selfprune.evolution.operators.types import Context, Move, Proposal
 
 INITS = ("seeded", "noise")
 IMPORTANCE_SPREADS = {"importance": 0.3, "importance-strong": 0.6}  # relative deviation from the target
-MAX_PRIORS = 2 + len(IMPORTANCE_SPREADS)  # uniform, OWL and the importance shapes
+MAX_PRIORS = 3 + len(IMPORTANCE_SPREADS)  # uniform, OWL, the importance shapes and block removal
 
 
 def uniform_vector(space: GenomeSpace) -> np.ndarray:
@@ -55,6 +57,31 @@ def importance_vector(space: GenomeSpace, profiles: dict[str, np.ndarray], sprea
     return np.concatenate([shape(attn), shape(mlp)])
 
 
+def removal_vector(space: GenomeSpace, profiles: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The blocks of least influence per parameter at the upper rate bound (removed whole when it
+    is 1), in that order while they fit in the budget; the others at the lower bound (repair
+    spreads what is left of the budget over them). Joint: whole layers. None without influence
+    profiles."""
+    attn, mlp = profiles.get("attn_influence"), profiles.get("mlp_influence")
+    if attn is None or mlp is None:
+        return None
+    attn, mlp = np.asarray(attn, dtype=float), np.asarray(mlp, dtype=float)
+    if space.joint:
+        influence, params = attn + mlp, space.attn_params + space.mlp_params
+    else:
+        influence, params = np.concatenate([attn, mlp]), np.concatenate([space.attn_params, space.mlp_params])
+    lo, hi = space.bounds
+    v = np.full(influence.size, lo)
+    removed, need = 0.0, (space.target - lo) * params.sum()
+    for i in np.argsort(influence / params, kind="stable"):
+        cost = (hi - lo) * params[i]
+        if removed + cost > need:
+            break
+        v[i] = hi
+        removed += cost
+    return v
+
+
 def random_vector(space: GenomeSpace, rng: np.random.Generator) -> np.ndarray:
     """Target plus Gaussian noise of a random scale: from near-uniform to very uneven."""
     sigma = rng.uniform(0.02, 0.15)
@@ -62,7 +89,8 @@ def random_vector(space: GenomeSpace, rng: np.random.Generator) -> np.ndarray:
 
 
 def prior_shapes(space: GenomeSpace, profiles: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
-    """The priors by name: uniform, OWL (with outlier ratios), importance shapes (with profiles)."""
+    """The priors by name: uniform, OWL (with outlier ratios), importance shapes (with profiles),
+    block removal (with influence profiles)."""
     out = [("uniform", uniform_vector(space))]
     if profiles.get("outlier_ratio") is not None:
         out.append(("owl", owl_vector(space, profiles["outlier_ratio"])))
@@ -70,6 +98,9 @@ def prior_shapes(space: GenomeSpace, profiles: dict[str, np.ndarray]) -> list[tu
         v = importance_vector(space, profiles, spread)
         if v is not None:
             out.append((name, v))
+    removal = removal_vector(space, profiles)
+    if removal is not None:
+        out.append(("removal", removal))
     return out
 
 
