@@ -21,8 +21,10 @@ Methods (``--methods``):
 
 Each (method, ratio, seed) is one file under OUT/cells/, written when it completes; a rerun skips
 the cells it finds, so the matrix can be run in parts. ``--finalize OUT`` merges the cells into
-OUT/results.json with a mean and spread over seeds, OUT/manifest.json (every command, versions,
-machine) and prints the tables.
+OUT/results.json with a mean and spread over seeds and paired statistics over seeds (selfprune's
+quick run against every other method, per ratio and window length: each seed gives all methods the
+same calibration blocks; paired.py), OUT/manifest.json (every command, versions, machine) and
+prints the tables.
 
     python benchmarks/bench_peers.py --model default --ratios 0.3,0.5 --seeds 0,1,2 \\
         --out benchmarks/results/peers/smollm2-135m
@@ -45,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the peers beside this script
 
 from common import default_wikitext, machine, portable, portable_path
+from paired import describe, paired
 
 METHODS = ("dense", "wanda-sp", "flap", "llm-pruner", "shortgpt", "sleb", "owl", "evopress", "selfprune-quick",
            "selfprune-quick-max1", "selfprune-paper")
@@ -314,6 +317,25 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def paired_against(rows: list[dict], reference: str = "selfprune-quick") -> list[dict]:
+    """``reference`` against every other method at each ratio and window length, on the seeds both ran
+    (``paired.paired``: wins are seeds where ``reference`` has the lower perplexity)."""
+    out = []
+    ok = [r for r in rows if "error" not in r and r["ratio"] is not None]
+    for ratio in sorted({r["ratio"] for r in ok}):
+        at = [r for r in ok if r["ratio"] == ratio]
+        for length in sorted({k for r in at for k in r["perplexity"]}, key=int, reverse=True):
+            def per_seed(method, at=at, length=length):
+                return {r["seed"]: r["perplexity"][length]["ppl"] for r in at
+                        if r["method"] == method and length in r["perplexity"]}
+            ref = per_seed(reference)
+            for method in sorted({r["method"] for r in at} - {reference}, key=METHODS.index):
+                stats = paired(ref, per_seed(method))
+                if stats:
+                    out.append({"ratio": ratio, "seqlen": length, "method": reference, "against": method, **stats})
+    return out
+
+
 def _headline(row: dict, task: str):
     t = ((row.get("zeroshot") or {}).get("tasks") or {}).get(task)
     return None if t is None else t.get(t.get("metric", "acc"))
@@ -375,7 +397,9 @@ def finalize(out: Path) -> int:
             seen.append(r.pop("invocation"))
         r.pop("invocation", None)
     summaries = summarize(rows)
-    atomic_write_json(out / "results.json", {"rows": sorted(rows, key=_order), "summary": summaries})
+    comparisons = paired_against(rows)
+    atomic_write_json(out / "results.json", {"rows": sorted(rows, key=_order), "summary": summaries,
+                                             "paired": comparisons})
     atomic_write_json(manifest, {"experiment": out.name, "invocations": seen, "versions": versions(),
                                  "machine": machine()})
     for p in sorted((out / "cells").rglob("*.json")):
@@ -383,6 +407,8 @@ def finalize(out: Path) -> int:
     for ratio in sorted({s["ratio"] for s in summaries if s["ratio"] is not None}):
         print(f"\n{100 * ratio:.0f}% of the attention+MLP parameters removed\n")
         print(format_table(summaries, ratio))
+    for c in comparisons:
+        print(f"{100 * c['ratio']:.0f}%, WikiText-2 @{c['seqlen']}: {c['method']} vs {c['against']}: {describe(c)}")
     return 0
 
 

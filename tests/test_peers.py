@@ -139,3 +139,22 @@ def test_bench_peers_runs_each_cell_once_and_merges_them_into_one_record(load_be
     assert len(manifest["invocations"]) == 1 and "bench_peers.py" in manifest["invocations"][0]["command"]
     assert bench.main(argv) == 0  # rows in the record count as done
     assert not list((out / "cells").rglob("*.json"))
+
+
+def test_selfprune_is_compared_with_every_method_seed_by_seed(load_benchmark):
+    bench = load_benchmark("bench_peers")
+
+    def row(method, seed, ppl2048, ppl128=50.0):
+        return {"method": method, "ratio": 0.5, "seed": seed,
+                "perplexity": {"2048": {"ppl": ppl2048}, "128": {"ppl": ppl128}}}
+
+    rows = [row("selfprune-quick", s, p) for s, p in enumerate([100.0, 200.0, 400.0])]
+    rows += [row("sleb", s, p) for s, p in enumerate([110.0, 180.0, 800.0])]
+    rows += [row("flap", 0, 90.0), {"method": "llm-pruner", "ratio": 0.5, "seed": 0, "error": "cannot trace"},
+             {"method": "dense", "ratio": None, "seed": None, "perplexity": {"2048": {"ppl": 20.0}}}]
+    comparisons = {(c["against"], c["seqlen"]): c for c in bench.paired_against(rows)}
+    assert set(comparisons) == {("sleb", "2048"), ("sleb", "128")}  # flap: one seed; llm-pruner failed; dense unpaired
+    vs_sleb = comparisons[("sleb", "2048")]
+    assert vs_sleb["n"] == 3 and vs_sleb["wins"] == 2 and vs_sleb["sign_p"] == pytest.approx(0.5)
+    assert vs_sleb["ratio"] == pytest.approx((100 / 110 * 200 / 180 * 400 / 800) ** (1 / 3))
+    assert comparisons[("sleb", "128")]["wins"] == 0  # ties are not wins
