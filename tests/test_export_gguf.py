@@ -294,6 +294,7 @@ def test_failure_mid_write_leaves_no_file(smollm_tokenizer, tmp_path):
 def _cli(capsys, *argv):
     from selfprune.cli import main
 
+    capsys.readouterr()  # what set-up wrote (e.g. a checkpoint's progress bar) is not the command's
     code = main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err

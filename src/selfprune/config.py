@@ -35,7 +35,8 @@ class OutputOptions(Options):
     save_model: bool = Field(True, description="save the pruned checkpoint in DIR/model")
     export: Literal["none", "gguf"] = Field("none", description="also write the pruned model for another runtime: "
                                             "gguf (DIR/model.gguf, for llama.cpp and Ollama)")
-    export_outtype: Literal[OUTTYPES] = Field("f16", description="tensor type of the GGUF export")
+    export_outtype: Literal[OUTTYPES] = Field("f16", description="tensor type of the GGUF export's weights "
+                                              "(norms and biases stay f32)")
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from selfprune.export.gguf import OUTTYPES
+    from selfprune.cli.options import add_option_flags
 
     p = subparsers.add_parser(
         "export",
@@ -18,16 +18,18 @@ def register(subparsers) -> None:
     p.add_argument("pruned", metavar="PRUNED_DIR", help="a selfprune checkpoint, or a dense model directory")
     p.add_argument("--gguf", required=True, metavar="OUT.gguf", help="the GGUF file to write (a new file)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing GGUF file at --gguf")
-    # Checked by export_gguf, so a wrong value ends as one "selfprune: error:" line like every other mistake.
-    p.add_argument("--outtype", default="f16", metavar="|".join(OUTTYPES),
-                   help="weight type: f32, f16 (default), bf16, q8_0; norms and biases stay f32")
+    # The run's --outtype (output.export_outtype): its default, choices and help. Checked by export_gguf, so a
+    # wrong value ends as one "selfprune: error:" line like every other mistake.
+    add_option_flags(p, ["output.export_outtype"], grouped=False)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from selfprune.config import OutputOptions
     from selfprune.export.gguf import export_gguf
 
-    summary = export_gguf(args.pruned, args.gguf, outtype=args.outtype, overwrite=args.overwrite)
+    outtype = getattr(args, "output.export_outtype", OutputOptions.model_fields["export_outtype"].default)
+    summary = export_gguf(args.pruned, args.gguf, outtype=outtype, overwrite=args.overwrite)
     layers = summary["layers"]
     heads = sum(layer["heads"] for layer in layers)
     ffn = sum(layer["ffn"] for layer in layers)
