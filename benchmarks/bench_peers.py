@@ -318,8 +318,9 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def paired_against(rows: list[dict], reference: str = "selfprune-quick") -> list[dict]:
-    """``reference`` against every other method at each ratio and window length, on the seeds both ran
-    (``paired.paired``: wins are seeds where ``reference`` has the lower perplexity)."""
+    """``reference`` against every other method at each ratio (``prune_ratio``) and window length, on the
+    seeds both ran (``paired.paired``: wins are seeds where ``reference`` has the lower perplexity; ``ratio``
+    is the geometric mean of its perplexity over the other's)."""
     out = []
     ok = [r for r in rows if "error" not in r and r["ratio"] is not None]
     for ratio in sorted({r["ratio"] for r in ok}):
@@ -332,7 +333,8 @@ def paired_against(rows: list[dict], reference: str = "selfprune-quick") -> list
             for method in sorted({r["method"] for r in at} - {reference}, key=METHODS.index):
                 stats = paired(ref, per_seed(method))
                 if stats:
-                    out.append({"ratio": ratio, "seqlen": length, "method": reference, "against": method, **stats})
+                    out.append({"prune_ratio": ratio, "seqlen": length, "method": reference, "against": method,
+                                **stats})
     return out
 
 
@@ -408,7 +410,7 @@ def finalize(out: Path) -> int:
         print(f"\n{100 * ratio:.0f}% of the attention+MLP parameters removed\n")
         print(format_table(summaries, ratio))
     for c in comparisons:
-        print(f"{100 * c['ratio']:.0f}%, WikiText-2 @{c['seqlen']}: {c['method']} vs {c['against']}: {describe(c)}")
+        print(f"{100 * c['prune_ratio']:.0f}%, WikiText-2 @{c['seqlen']}: {c['method']} vs {c['against']}: {describe(c)}")
     return 0
 
 

@@ -155,6 +155,6 @@ def test_selfprune_is_compared_with_every_method_seed_by_seed(load_benchmark):
     comparisons = {(c["against"], c["seqlen"]): c for c in bench.paired_against(rows)}
     assert set(comparisons) == {("sleb", "2048"), ("sleb", "128")}  # flap: one seed; llm-pruner failed; dense unpaired
     vs_sleb = comparisons[("sleb", "2048")]
-    assert vs_sleb["n"] == 3 and vs_sleb["wins"] == 2 and vs_sleb["sign_p"] == pytest.approx(0.5)
+    assert vs_sleb["prune_ratio"] == 0.5 and vs_sleb["n"] == 3 and vs_sleb["wins"] == 2 and vs_sleb["sign_p"] == pytest.approx(0.5)
     assert vs_sleb["ratio"] == pytest.approx((100 / 110 * 200 / 180 * 400 / 800) ** (1 / 3))
     assert comparisons[("sleb", "128")]["wins"] == 0  # ties are not wins
