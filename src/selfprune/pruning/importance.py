@@ -78,7 +78,8 @@ class BlockInfluence:
                 return
             after = before + (output[0] if isinstance(output, tuple) else output).detach()
             cos = torch.nn.functional.cosine_similarity(before.float(), after.float(), dim=-1)
-            sums[i] += float((1 - cos).sum())
+            # Summed where the activations are, read once in result(): no host sync per block and batch.
+            sums[i] = sums[i] + (1 - cos).sum(dtype=torch.float64)
             if sums is self.attn_sum:
                 self.tokens[i] += cos.numel()
                 self._stream[i] = after
@@ -88,8 +89,8 @@ class BlockInfluence:
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = torch.tensor([max(t, 1) for t in self.tokens], dtype=torch.float64)
-        return (torch.tensor(self.attn_sum, dtype=torch.float64) / n).float(), \
-            (torch.tensor(self.mlp_sum, dtype=torch.float64) / n).float()
+        attn, mlp = (torch.tensor([float(x) for x in sums], dtype=torch.float64) for sums in (self.attn_sum, self.mlp_sum))
+        return (attn / n).float(), (mlp / n).float()
 
 
 class _Stats:
