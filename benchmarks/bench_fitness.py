@@ -319,7 +319,7 @@ def main(argv=None) -> int:
                        "break after the middle)", **eval_kw},
            "heldout_extra": {**extra_text.describe(), **extra_kw} if extra_text is not None else None,
            "fitness_data": {"lambada": {"source": prune.calib, "split": "second half", "blocks": 8, "seqlen": 512,
-                                        "sha256": problem.info["fitness_sha256"]},
+                                        "sha256": problem.setup.fitness_sha256},
                             "wikitext-1st-half": "WikiText-2 test before the held-out part (with --in-domain)",
                             **{name: {"source": name, "split": "second half", "blocks": 8, "seqlen": 512}
                                for name in sources if name not in ("lambada", "wikitext-1st-half")}},

@@ -132,6 +132,9 @@ def test_search_cli_runs_several_operators_on_one_budget(tmp_path, default_model
 
     made_with = best["made_with"]
     assert made_with == ga["made_with"] and (made_with["model"], made_with["ratio"], made_with["seed"]) == ("default", 0.3, 0)
+    # report.json records the same setup in full: what the fitness values were measured on, and with what.
+    setup = json.loads((out / "ga" / "report.json").read_text())["setup"]
+    assert {k: setup[k] for k in made_with} == made_with and len(setup["fitness_sha256"]) == 64
     alone = tmp_path / "elsewhere" / "rates.json"
     alone.parent.mkdir()
     alone.write_text(json.dumps(best))

@@ -91,9 +91,10 @@ def test_a_killed_worker_loses_no_candidate(problem, serial, local_ray, monkeypa
 
 
 def test_the_problem_records_what_its_fitness_values_depend_on(problem):
-    info = problem[2].info  # a resume compares these: another dtype or data gives other fitness values
-    assert info["dtype"] == "float32" and len(info["calib_sha256"]) == len(info["fitness_sha256"]) == 64
-    assert info["calib_sha256"] != info["fitness_sha256"]
+    setup = problem[2].setup  # a resume compares these: another dtype or data gives other fitness values
+    assert setup.dtype == "float32" and len(setup.calib_sha256) == len(setup.fitness_sha256) == 64
+    assert setup.calib_sha256 != setup.fitness_sha256
+    assert {"dtype", "calib_sha256", "fitness_sha256", "metric", "calib", "fitness"} <= set(setup.fingerprint())
 
 
 def test_workers_without_ray_is_a_clear_error(problem, monkeypatch):

@@ -6,34 +6,39 @@ clear error."""
 import json
 
 import pytest
+from synthetic import synthetic_problem
 
 from selfprune.cli import main
 from selfprune.errors import SelfpruneError
+from selfprune.evolution.checkpoint import CHECKPOINT, PREVIOUS
 from selfprune.evolution.genome import GenomeSpace
 from selfprune.evolution.llm.backends import make_backend
 from selfprune.evolution.llm.operator import LLMOperator, LLMSettings
-from selfprune.evolution.checkpoint import CHECKPOINT, PREVIOUS
 from selfprune.evolution.loop import Search, SearchConfig
 from selfprune.evolution.operators.classic import GAOperator
-from synthetic import synthetic_problem
+from selfprune.evolution.setup import SearchSetup
+from selfprune.pruning.options import PruneOptions
 
 CFG = SearchConfig(population=4, generations=2, crossover=2, mutation=2, seed=1)
-PROBLEM = {"fitness": "kl", "calib": "lambada", "metric": "wanda-sp", "fitness_samples": [2], "fitness_seqlen": 256,
-           "calib_samples": 32, "calib_seqlen": 256, "seed": 0, "attn_granularity": "head", "mlp_multiple": 1,
-           "calib_sha256": "a" * 64, "fitness_sha256": "b" * 64, "dtype": "float32"}
+PRUNE = {"calib": "lambada", "metric": "wanda-sp", "calib_samples": 32, "calib_seqlen": 256, "attn_granularity": "head",
+         "mlp_multiple": 1, "bias_compensation": None}
+SETUP = {"fitness": "kl", "fitness_samples": [2], "fitness_seqlen": 256, "seed": 0, "calib_sha256": "a" * 64,
+         "fitness_sha256": "b" * 64, "dtype": "float32", "model": "default", "ratio": 0.3}
 
 
 def search(out, op=None, cfg=CFG, **problem):
     p = synthetic_problem(12)
     sp = GenomeSpace.from_problem(p, 0.3)
-    meta = {"problem": {**PROBLEM, **problem}, "model": "default"}
-    return Search(sp, p.fitness, op or GAOperator(), cfg, profiles=p.profiles, out_dir=out, meta=meta)
+    prune = PruneOptions(**{k: problem.get(k, v) for k, v in PRUNE.items()})
+    setup = SearchSetup(prune=prune, **{**SETUP, **{k: v for k, v in problem.items() if k not in PRUNE}})
+    return Search(sp, p.fitness, op or GAOperator(), cfg, profiles=p.profiles, out_dir=out, setup=setup)
 
 
 @pytest.mark.parametrize("change, named", [
     ({"fitness": "ppl"}, "fitness"),
     ({"calib": "wikitext2"}, "calib"),
-    ({"metric": "magnitude"}, "metric"),
+    ({"metric": "flap"}, "metric"),
+    ({"bias_compensation": False}, "bias_compensation"),
     ({"fitness_samples": [4]}, "fitness_samples"),
     ({"fitness_sha256": "c" * 64}, "fitness_sha256"),
     ({"dtype": "bfloat16"}, "dtype"),

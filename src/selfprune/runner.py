@@ -218,7 +218,7 @@ def _stages(cfg: RunConfig, pre: Preflight, work: Path, stage: Stages, progress:
         found = search(model, tokenizer, cfg.ratio, cfg.prune, cfg.search, seed=cfg.seed, out_dir=work / "search",
                        resume=(work / "search").is_dir(), progress=not cfg.output.quiet, backend=pre.backend,
                        per_operator_dirs=True, on_operator=next_operator, trust_remote_code=cfg.trust_remote_code,
-                       meta={"model": cfg.model})
+                       model_name=cfg.model)
         bar.update(1)
     searched = found.to_json(work)
     found.problem.fitness.release()  # the dense blocks go once the model is pruned in place

@@ -71,7 +71,7 @@ def run(args) -> int:
         atomic_write_json(work / "config.json", record)
     try:
         found = search(model, tokenizer, cfg.ratio, cfg.prune, cfg.search, seed=cfg.seed, out_dir=work,
-                       resume=args.resume, progress=not cfg.output.quiet, backend=pre.backend, meta={"model": cfg.model},
+                       resume=args.resume, progress=not cfg.output.quiet, backend=pre.backend, model_name=cfg.model,
                        trust_remote_code=cfg.trust_remote_code)
     except SelfpruneError as exc:
         if work == out and "--resume" in str(exc):
@@ -85,9 +85,8 @@ def run(args) -> int:
         print(format_report(result.report))
     if len(found.results) > 1:
         winner = found.best
-        made_with = json.loads((work / found.winner / "best.json").read_text()).get("made_with")
         atomic_write_json(work / "best.json", {"rates": winner.best.genome.to_rates(), "fitness": winner.best.fitness,
-                                               "operator": found.winner, "made_with": made_with})
+                                               "operator": found.winner, "made_with": found.setup.made_with()})
         print(f"best operator: {found.winner}")
     write_marker(work, SEARCH, complete=True)
     normal_permissions(work)
@@ -102,15 +101,13 @@ def check_resume(out, cfg) -> None:
     known before the model loads; the data hashes and the rest are checked when each resumes)."""
     from selfprune.errors import SelfpruneError
     from selfprune.evolution.checkpoint import CHECKPOINT, PREVIOUS, read_checkpoint, setup_mismatch
+    from selfprune.evolution.setup import SearchSetup
 
-    p, s = cfg.prune, cfg.search
-    now = {"model": cfg.model, "seed": cfg.seed, "metric": p.metric, "calib": p.calib, "calib_samples": p.calib_samples,
-           "calib_seqlen": p.calib_seqlen, "attn_granularity": p.attn_granularity, "mlp_multiple": p.mlp_multiple,
-           "fitness": s.fitness, "fitness_samples": list(s.fitness_samples), "fitness_seqlen": s.fitness_seqlen}
-    if s.llm is not None:
-        now["llm"] = s.llm
-    if cfg.dtype != "auto":  # "auto" is known only once the checkpoint's own dtype has loaded
-        now["dtype"] = cfg.dtype
+    # "auto" dtype is known only once the model has loaded
+    now = SearchSetup.of(cfg.ratio, cfg.prune, cfg.search, seed=cfg.seed, model=cfg.model,
+                         dtype=None if cfg.dtype == "auto" else cfg.dtype).fingerprint()
+    if cfg.search.llm is not None:
+        now["llm"] = cfg.search.llm
     folders = {f.parent for pattern in (CHECKPOINT, PREVIOUS) for f in out.glob(f"**/{pattern}")}
     for folder in sorted(folders):
         snap = read_checkpoint(folder, quiet=True)

@@ -13,15 +13,20 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from selfprune.atomic import atomic_write_json
 from selfprune.errors import SelfpruneError
 from selfprune.evolution.budget import Budget
-from selfprune.evolution.checkpoint import (CHECKPOINT_VERSION, fixed_settings, read_checkpoint, setup_mismatch,
-                                            write_checkpoint)
+from selfprune.evolution.checkpoint import (
+    CHECKPOINT_VERSION,
+    fixed_settings,
+    read_checkpoint,
+    setup_mismatch,
+    write_checkpoint,
+)
 from selfprune.evolution.evaluator import Evaluator
 from selfprune.evolution.genome import Genome, GenomeSpace, RepairStats
 from selfprune.evolution.operators.base import Operator
@@ -29,6 +34,9 @@ from selfprune.evolution.operators.seeds import INITS, level_switches
 from selfprune.evolution.operators.types import Context, Individual, Move, MoveRecord, Proposal
 from selfprune.evolution.transcript import Transcript
 from selfprune.results import SearchReport
+
+if TYPE_CHECKING:
+    from selfprune.evolution.setup import SearchSetup
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,7 @@ class Search:
         profiles: dict[str, np.ndarray] | None = None,
         out_dir: str | Path | None = None,
         progress: bool = False,
-        meta: dict[str, Any] | None = None,
+        setup: SearchSetup | None = None,
     ):
         config.validate()
         self.space = space
@@ -120,7 +128,7 @@ class Search:
         self.profiles = {k: np.asarray(v, dtype=float) for k, v in (profiles or {}).items()}
         self.out_dir = Path(out_dir) if out_dir else None
         self.progress = progress
-        self.meta = meta or {}
+        self.setup = setup
         self.budget = Budget()
         self.evaluator = Evaluator(fitness, self.budget, config.max_evals, config.max_tokens)
         self.repairs = RepairStats()
@@ -278,7 +286,7 @@ class Search:
             "config": self.config.to_json(),
             "space": self.space.to_json(),
             "operator": self.operator.name,
-            "setup": self.setup(),
+            "setup": self._fingerprint(),
             "generation": s.generation,
             "population": [ind.to_json() for ind in s.population],
             "history": s.history,
@@ -308,7 +316,7 @@ class Search:
         differs = (setup_mismatch(fixed_settings(snap["config"]), fixed_settings(self.config.to_json()))
                    or setup_mismatch(snap["space"], self.space.to_json())
                    or setup_mismatch({"operator": snap["operator"]}, {"operator": self.operator.name})
-                   or setup_mismatch(snap["setup"], self.setup()))
+                   or setup_mismatch(snap["setup"], self._fingerprint()))
         if differs:
             raise SelfpruneError(f"the checkpoint in {self.out_dir} was made with {differs}; resume with the same "
                                  "settings, or use a new --out folder")
@@ -328,14 +336,12 @@ class Search:
         self.operator.load_state_dict(snap["operator_state"])
         self.transcript.truncate(snap["transcript_lines"])
 
-    def setup(self) -> dict[str, Any]:
-        """What the fitness values and the operator's behaviour depend on beyond the loop's config:
-        the problem (fitness, calibration, metric, the data's hashes, ...), the model, and the
-        operator's own settings (LLM backend, shares, ...). A resume must match all of it, or the
-        cached fitness values would be mixed with another setup's."""
-        problem = {k: v for k, v in (self.meta.get("problem") or {}).items() if k != "fitness_name"}
-        extra = {"model": self.meta["model"]} if "model" in self.meta else {}
-        return {**problem, **extra, **self.operator.setup()}
+    def _fingerprint(self) -> dict[str, Any]:
+        """What the fitness values and the operator's behaviour depend on beyond the loop's config: the
+        search's setup (fitness, calibration, metric, the data's hashes, the model, ...) and the operator's
+        own settings (LLM backend, shares, ...). A resume must match all of it, or the cached fitness values
+        would be mixed with another setup's."""
+        return {**(self.setup.fingerprint() if self.setup else {}), **self.operator.setup()}
 
     # ---- results ----------------------------------------------------------------------------
     def _bar(self):
@@ -367,10 +373,11 @@ class Search:
             atomic_write_json(self.out_dir / "best.json", {
                 "rates": best.genome.to_rates(), "fitness": best.fitness, "target": self.space.target,
                 "budget": self.space.budget, "achieved": report["achieved"], "origin": best.origin,
-                **({"made_with": self.meta["made_with"]} if "made_with" in self.meta else {}),
+                **({"made_with": self.setup.made_with()} if self.setup else {}),
             })
             atomic_write_json(self.out_dir / "history.json", self.state.history)
             atomic_write_json(self.out_dir / "report.json", {**report, "config": self.config.to_json(),
-                                                             "space": self.space.to_json(), **self.meta})
+                                                             "space": self.space.to_json(),
+                                                             **({"setup": self.setup.to_json()} if self.setup else {})})
         evaluated = {k: dict(v) for k, v in self.evaluator.cache.items()}
         return SearchResult(best, list(self.state.population), list(self.state.history), report, evaluated)

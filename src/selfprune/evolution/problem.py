@@ -8,7 +8,7 @@ calibration blocks (first half) nor the evaluation text (WikiText-2).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from selfprune.data.calibration import calibration_text, token_blocks
 from selfprune.evolution.fitness import PruningFitness
 from selfprune.evolution.objectives import get_objective
 from selfprune.evolution.options import SearchOptions
+from selfprune.evolution.setup import SearchSetup
 from selfprune.models.adapter import get_adapter
 from selfprune.pruning.apply import order_by_importance
 from selfprune.pruning.importance import ImportanceScores, compute_importance
@@ -37,7 +38,7 @@ class SearchProblem:
     fitness: PruningFitness
     profiles: dict[str, np.ndarray]
     scores: ImportanceScores
-    info: dict = field(default_factory=dict)
+    setup: SearchSetup  # what the fitness values depend on: the options, the seed, the data's hashes, the dtype
 
 
 def tokens_sha256(blocks: torch.Tensor) -> str:
@@ -54,8 +55,10 @@ def _profile(per_layer: list[torch.Tensor]) -> np.ndarray:
 
 
 def build_search_problem(model, tokenizer, ratio: float, prune: PruneOptions | None = None,
-                         search: SearchOptions | None = None, seed: int = 0, progress: bool = True) -> SearchProblem:
-    """Score importance once on the calibration blocks and set up the fitness on disjoint tokens."""
+                         search: SearchOptions | None = None, seed: int = 0, progress: bool = True,
+                         model_name: str | None = None) -> SearchProblem:
+    """Score importance once on the calibration blocks and set up the fitness on disjoint tokens.
+    ``model_name``: the model as the user named it, for the records."""
     prune, search = prune or PruneOptions(), search or SearchOptions()
     check_ratio(ratio)
     get_objective(search.fitness)
@@ -86,11 +89,7 @@ def build_search_problem(model, tokenizer, ratio: float, prune: PruneOptions | N
                if scores.attn_influence is not None else {}),
         },
         scores=scores,
-        info={"metric": prune.metric, "fitness": search.fitness, "fitness_name": fit.display_name,
-              "calib": prune.calib, "calib_samples": prune.calib_samples, "calib_seqlen": prune.calib_seqlen,
-              "fitness_samples": stages, "fitness_seqlen": search.fitness_seqlen, "seed": seed,
-              "attn_granularity": prune.attn_granularity, "mlp_multiple": prune.mlp_multiple,
-              "bias_compensation": compensate,
-              "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),  # fitness values depend on it
-              "calib_sha256": tokens_sha256(blocks), "fitness_sha256": tokens_sha256(fitness_all)},
+        setup=SearchSetup.of(ratio, prune, search, seed=seed, model=model_name,
+                             dtype=str(next(model.parameters()).dtype).removeprefix("torch."),  # fitness depends on it
+                             calib_sha256=tokens_sha256(blocks), fitness_sha256=tokens_sha256(fitness_all)),
     )

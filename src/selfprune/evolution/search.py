@@ -20,6 +20,7 @@ from selfprune.evolution.loop import Search, SearchResult
 from selfprune.evolution.options import SearchOptions
 from selfprune.evolution.parallel import ParallelFitness, import_ray
 from selfprune.evolution.problem import SearchProblem, build_search_problem
+from selfprune.evolution.setup import SearchSetup
 from selfprune.evolution.strategies import get_strategy
 from selfprune.pruning.options import PruneOptions
 
@@ -36,6 +37,7 @@ class SearchOutcome:
     dirs: dict[str, Path | None]
     uniform: Genome
     uniform_fitness: float
+    setup: SearchSetup
 
     @property
     def winner(self) -> str:
@@ -60,7 +62,7 @@ class SearchOutcome:
         winner = operators[self.winner]["best"]
         p = self.problem
         return {
-            "problem": {**p.info, "num_layers": p.num_layers, "fitness_tokens": p.fitness.tokens(p.fitness.num_stages - 1),
+            "problem": {**self.setup.fingerprint(), "fitness_name": p.fitness.display_name, "num_layers": p.num_layers, "fitness_tokens": p.fitness.tokens(p.fitness.num_stages - 1),
                         "attn_levels": list(p.attn_levels), "mlp_step": p.mlp_step},
             "operators": operators,
             "uniform": {"attn": list(self.uniform.attn), "mlp": list(self.uniform.mlp), "fitness": self.uniform_fitness},
@@ -77,7 +79,7 @@ def make_chat_backend(options: SearchOptions, model=None, tokenizer=None, trust_
 
 def search(model, tokenizer, ratio: float, prune: PruneOptions | None = None, options: SearchOptions | None = None,
            seed: int = 0, out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
-           backend: Any = None, per_operator_dirs: bool | None = None, meta: dict | None = None,
+           backend: Any = None, per_operator_dirs: bool | None = None, model_name: str | None = None,
            on_operator: Callable[[str], None] | None = None, problem: SearchProblem | None = None,
            trust_remote_code: bool = False) -> SearchOutcome:
     """Search per-layer rates of ``model`` at mean rate ``ratio`` with each operator in ``options``.
@@ -87,28 +89,27 @@ def search(model, tokenizer, ratio: float, prune: PruneOptions | None = None, op
     ``backend`` is an already checked chat backend for the LLM operator (else one is made).
     ``problem``: one built earlier for the same model, options and seed (scored once, reused).
     ``trust_remote_code``: a ``local:`` operator model may run the code it ships.
+    ``model_name``: the model as the user named it; the setup every result file records says it.
     """
     prune, options = prune or PruneOptions(), options or SearchOptions()
-    # What decides which heads and channels the rates keep: each best.json carries it, so pruning with them
-    # keeps what the search scored without any other file.
-    meta = {"made_with": {"model": (meta or {}).get("model"), "ratio": ratio, "seed": seed,
-                          "prune": prune.model_dump(mode="json")}, **(meta or {})}
     parallel = options.workers > 1 or options.ray_address is not None
     if parallel:
         import_ray()  # before the calibration pass: a missing extra fails fast
-    problem = problem or build_search_problem(model, tokenizer, ratio, prune, options, seed=seed, progress=progress)
+    problem = problem or build_search_problem(model, tokenizer, ratio, prune, options, seed=seed, progress=progress,
+                                              model_name=model_name)
+    setup = problem.setup if model_name is None else problem.setup.model_copy(update={"model": model_name})
     fitness = (ParallelFitness(problem.fitness, options.fitness, options.workers, options.ray_address)
                if parallel else problem.fitness)
     try:
         return _search(problem, fitness, model, tokenizer, ratio, options, seed, out_dir, resume, progress, backend,
-                       per_operator_dirs, meta, on_operator, trust_remote_code)
+                       per_operator_dirs, setup, on_operator, trust_remote_code)
     finally:
         if parallel:
             fitness.close()
 
 
 def _search(problem, fitness, model, tokenizer, ratio, options, seed, out_dir, resume, progress, backend,
-            per_operator_dirs, meta, on_operator, trust_remote_code=False) -> SearchOutcome:
+            per_operator_dirs, setup, on_operator, trust_remote_code=False) -> SearchOutcome:
     space = GenomeSpace.from_problem(problem, ratio, bounds=(options.min_rate, options.max_rate),
                                      budget=options.budget, joint=options.joint)
     uniform, _ = space.repair(np.full(space.dim, ratio))  # the baseline every search must beat
@@ -128,10 +129,10 @@ def _search(problem, fitness, model, tokenizer, ratio, options, seed, out_dir, r
         operator = strategy.make(backend, LLMSettings.from_options(options))
         folder = (Path(out_dir) / name if split else Path(out_dir)) if out_dir else None
         loop = Search(space, fitness, operator, config, profiles=problem.profiles, out_dir=folder,
-                      progress=progress, meta={"problem": problem.info, **(meta or {})})
+                      progress=progress, setup=setup)
         results[name], dirs[name] = loop.run(resume=resume), folder
         if uniform_fitness is None:  # most operators score the uniform genome first: reuse it
             uniform_fitness = results[name].fitness_of(uniform, problem.fitness.num_stages - 1)
     if uniform_fitness is None:
         uniform_fitness = problem.fitness(*uniform.arrays(), stage=problem.fitness.num_stages - 1)
-    return SearchOutcome(problem, space, results, dirs, uniform, uniform_fitness)
+    return SearchOutcome(problem, space, results, dirs, uniform, uniform_fitness, setup)
