@@ -73,6 +73,10 @@ def parse_args(argv=None):
     p.add_argument("--tasks", default="all", help="zero-shot tasks, 'all' (the seven) or 'none'")
     p.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--decisions", metavar="RECORD",
+                   help="an earlier experiment's results.json: methods whose decision is per-layer rates (all but flap "
+                        "and llm-pruner) re-apply that row's rates instead of deciding again, and keep its seconds, so "
+                        "that a new evaluation (e.g. the seven tasks) scores the very models of that record")
     p.add_argument("--out", default="benchmarks/results/peers/run")
     p.add_argument("--finalize", metavar="OUT", help="merge OUT's cells into results.json and manifest.json")
     return p.parse_args(argv)
@@ -123,6 +127,14 @@ def prune_with(method: str, model, tokenizer, ratio: float, seed: int, args, not
 
     adapter = get_adapter(model)
     calib = {"calib": args.calib, "calib_samples": args.calib_samples, "calib_seqlen": args.calib_seqlen}
+    earlier = recorded_decision(args.decisions, method, ratio, seed, calib)
+    if earlier is not None:
+        decided = earlier["decided"]
+        options = PruneOptions(**decided["prune_options"])
+        result = prune_model(model, tokenizer, attn_rates=decided["attn_rates"], mlp_rates=decided["mlp_rates"],
+                             options=options, seed=seed, progress=False)
+        return {"seconds": earlier["seconds"], "achieved_ratio": result.summary["achieved_ratio_prunable"],
+                "decided": {**decided, "decided_in": portable_path(args.decisions)}}
     started = time.perf_counter()
     blocks = calibration_blocks(tokenizer, args.calib, args.calib_samples, args.calib_seqlen, seed)
     extra: dict = {}
@@ -171,6 +183,22 @@ def prune_with(method: str, model, tokenizer, ratio: float, seed: int, args, not
     return {"seconds": time.perf_counter() - started, "achieved_ratio": s["achieved_ratio_prunable"],
             "decided": {"attn_rates": list(rates[0]), "mlp_rates": list(rates[1]), "layers": s["layers"],
                         "prune_options": options.model_dump(), **extra}}
+
+
+REDECIDED = ("flap", "llm-pruner")  # their decision is more than rates (FLAP's scores, Torch-Pruning's groups)
+
+
+def recorded_decision(record: str | None, method: str, ratio: float, seed: int, calib: dict) -> dict | None:
+    """The row of ``record`` for (method, ratio, seed) whose rates can be re-applied, or None."""
+    if record is None or method in REDECIDED:
+        return None
+    rows = [r for r in json.loads(Path(record).read_text())["rows"] if key(r) == (method, ratio, seed)]
+    if not rows or "decided" not in rows[0]:
+        return None
+    used = {k: rows[0]["decided"]["prune_options"][k] for k in calib}
+    if used != calib:  # other calibration blocks would keep other heads and channels at the same rates
+        raise SystemExit(f"{record}: {method} r{ratio} s{seed} was calibrated with {used}, not {calib}")
+    return rows[0]
 
 
 def quick_budget() -> int:
@@ -340,7 +368,7 @@ def paired_against(rows: list[dict], reference: str = "selfprune-quick") -> list
 
 def _headline(row: dict, task: str):
     t = ((row.get("zeroshot") or {}).get("tasks") or {}).get(task)
-    return None if t is None else t.get(t.get("metric", "acc"))
+    return None if t is None else t.get(t.get("metric_for_average", "acc"))
 
 
 def format_table(summaries: list[dict], ratio) -> str:
