@@ -15,12 +15,9 @@ from synthetic import synthetic_problem
 from selfprune.errors import SelfpruneError
 from selfprune.evolution.genome import GenomeSpace
 from selfprune.evolution.llm.backends import REPLY_CHARS, OpenAIBackend, RandomBackend
-from selfprune.evolution.llm.operator import (
-    LLMOperator,
-    LLMSettings,
-    server_faults_summary,
-)
+from selfprune.evolution.llm.operator import LLMOperator, LLMSettings
 from selfprune.evolution.loop import Search, SearchConfig
+from selfprune.report.llm_stats import server_faults_summary
 
 # What each fault the server serves is counted as (None: not a fault).
 KIND = {"http_500": "http_500", "http_404": "http_404", "html": "not_json", "choices_string": "malformed",

@@ -122,7 +122,7 @@ def check_resume(out, cfg) -> None:
 
 
 def format_report(report: dict) -> str:
-    from selfprune.evolution.llm.operator import proposals_summary, server_faults_summary
+    from selfprune.report.llm_stats import proposals_summary, server_faults_summary
     from selfprune.results import SearchReport
 
     r = SearchReport.model_validate(report)

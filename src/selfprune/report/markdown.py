@@ -3,8 +3,8 @@ spent, and the protocol behind every number."""
 
 from __future__ import annotations
 
-from selfprune.evolution.llm.operator import proposals_summary, server_faults_summary
 from selfprune.report import tables as t
+from selfprune.report.llm_stats import proposals_summary, server_faults_summary
 from selfprune.results import RunResults
 
 
