@@ -94,6 +94,22 @@ class OperatorRecord(Record):
     files: dict[str, str] = Field(default_factory=dict)
 
 
+class ProblemRecord(Record):
+    """The search problem a run's rates were found on: importance, calibration and fitness
+    (evolution/setup.py's ``SearchSetup`` fingerprint, with the fitness's name and size)."""
+
+    metric: str
+    calib: str
+    calib_samples: int
+    calib_seqlen: int
+    fitness: str
+    fitness_name: str | None = None  # as prompts and plots name it, e.g. "perplexity"
+    fitness_tokens: int | None = None
+    fitness_samples: list[int]
+    fitness_seqlen: int
+    num_layers: int | None = None
+
+
 class SearchRecord(Record):
     """Every operator's result on one problem, the uniform baseline and the winner."""
 
@@ -130,7 +146,7 @@ class RunResults(Record):
     ratio: float
     preset: str
     seed: int
-    problem: dict[str, Any]
+    problem: ProblemRecord
     search: SearchRecord
     best: BestRates
     prune: dict[str, Any]  # the pruning summary (pruning/apply.py)

@@ -82,10 +82,11 @@ def _rates_section(results: RunResults, plots: dict[str, str]) -> list[str]:
 def _protocol_section(results: RunResults) -> list[str]:
     problem, models = results.problem, results.models
     out = ["## Protocol", ""]
-    out.append(f"- Importance: `{problem['metric']}` on {problem['calib_samples']} x {problem['calib_seqlen']} tokens "
-               f"of `{problem['calib']}` (first half of the text).")
-    out.append(f"- Fitness: `{problem['fitness']}` on {problem['fitness_tokens']:,} tokens from the second half of "
-               f"`{problem['calib']}` (stages of {problem['fitness_samples']} blocks of {problem['fitness_seqlen']} "
+    out.append(f"- Importance: `{problem.metric}` on {problem.calib_samples} x {problem.calib_seqlen} tokens "
+               f"of `{problem.calib}` (first half of the text).")
+    tokens = f"{problem.fitness_tokens:,}" if problem.fitness_tokens is not None else "held-out"
+    out.append(f"- Fitness: `{problem.fitness}` on {tokens} tokens from the second half of "
+               f"`{problem.calib}` (stages of {problem.fitness_samples} blocks of {problem.fitness_seqlen} "
                "tokens), disjoint from calibration and evaluation text.")
     ppl = (models["pruned"].get("perplexity") or models["dense"].get("perplexity"))
     if ppl:

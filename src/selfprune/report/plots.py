@@ -14,15 +14,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from selfprune.results import Rates, RunResults  # noqa: E402
+from selfprune.results import ProblemRecord, Rates, RunResults  # noqa: E402
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 UNIFORM_COLOR = "#7f7f7f"
 
 
-def _fitness_label(problem: dict) -> str:
-    tokens = problem.get("fitness_tokens")
-    what = problem.get("fitness_name") or _display_name(problem.get("fitness", "ppl"))
+def _fitness_label(problem: ProblemRecord) -> str:
+    tokens = problem.fitness_tokens
+    what = problem.fitness_name or _display_name(problem.fitness)
     return f"fitness: {what}" + (f" on {tokens:,} held-out tokens" if tokens else "") + " (lower is better)"
 
 
@@ -33,7 +33,7 @@ def _display_name(kind: str) -> str:
     return OBJECTIVES[kind].display if kind in OBJECTIVES else kind
 
 
-def convergence(ax, histories: dict[str, list[dict]], uniform_fitness: float | None, problem: dict) -> None:
+def convergence(ax, histories: dict[str, list[dict]], uniform_fitness: float | None, problem: ProblemRecord) -> None:
     """Best (solid) and median (dashed) fitness of the population per generation, per operator."""
     values = []
     for color, (name, history) in zip(COLORS * 3, histories.items()):
