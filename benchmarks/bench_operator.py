@@ -17,7 +17,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-TRANSCRIPT = Path(__file__).resolve().parent / "results/search/evals40-f512/r0.3/llm-self/s0/transcript.jsonl"
+TRANSCRIPT = Path(__file__).resolve().parent / "results/search/quick-r0.3/r0.3/llm-self/s0/transcript.jsonl"
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,7 @@ A matrix run in parts (one OUT per core) becomes one record with ``--finalize OU
 rows and search folders merged into OUT, resume checkpoints removed.
 
     python benchmarks/bench_search.py --ratios 0.3 --seeds 0,1 --max-evals 40 \
-        --out benchmarks/results/search/evals40
+        --out benchmarks/results/search/quick-fitness256-r0.3
     python benchmarks/bench_search.py --openai-model NAME --llm-base-url http://127.0.0.1:8000/v1
 """
 

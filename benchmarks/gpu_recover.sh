@@ -14,6 +14,6 @@ R=benchmarks/results/recover
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no GPU visible to torch')"
 "$PY" benchmarks/bench_recover.py --name uniform30 --ratio 0.3 --runs kd:1M,lora-kd:1M,kd:5M --limit 100 \
     --baseline-from "$R/uniform30.json" --out "$R/uniform30-gpu.json"
-"$PY" benchmarks/bench_recover.py --name searched30 --rates benchmarks/results/search/evals40/r0.3/evopress/s0/best.json \
+"$PY" benchmarks/bench_recover.py --name searched30 --rates benchmarks/results/search/quick-fitness256-r0.3/r0.3/evopress/s0/best.json \
     --runs kd:200k,kd:1M --limit 100 --baseline-from "$R/searched30.json" --out "$R/searched30-gpu.json"
 "$PY" benchmarks/bench_recover.py --table "$R"/*.json

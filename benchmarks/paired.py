@@ -8,7 +8,7 @@ to win a pair). With n = 3 the smallest possible sign-test p is 0.125: three see
 decisive alone, only pooled over settings.
 
     python benchmarks/paired.py --arm llm-self --reference ga-levels \
-        benchmarks/results/search/evals430-f512 benchmarks/results/search/evals430-f512-r0.5 \
+        benchmarks/results/search/paper-r0.3 benchmarks/results/search/paper-r0.5 \
         --json benchmarks/results/search/paired-llm-self-vs-ga-levels.json
 """
 
