@@ -62,7 +62,8 @@ class SearchOutcome:
         winner = operators[self.winner]["best"]
         p = self.problem
         return {
-            "problem": {**self.setup.fingerprint(), "fitness_name": p.fitness.display_name, "num_layers": p.num_layers, "fitness_tokens": p.fitness.tokens(p.fitness.num_stages - 1),
+            "problem": {**self.setup.fingerprint(), "fitness_name": p.fitness.display_name, "num_layers": p.num_layers,
+                        "fitness_tokens": p.fitness.tokens(p.fitness.num_stages - 1),
                         "attn_levels": list(p.attn_levels), "mlp_step": p.mlp_step},
             "operators": operators,
             "uniform": {"attn": list(self.uniform.attn), "mlp": list(self.uniform.mlp), "fitness": self.uniform_fitness},

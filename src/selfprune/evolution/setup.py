@@ -54,7 +54,8 @@ class SearchSetup(BaseModel):
 
     def made_with(self) -> dict[str, Any]:
         """What pruning with the found rates needs to keep the heads and channels the search scored."""
-        return {"model": self.model, "ratio": self.ratio, "seed": self.seed, "prune": self.prune.model_dump(mode="json")}
+        return {"model": self.model, "ratio": self.ratio, "seed": self.seed,
+                "prune": self.prune.model_dump(mode="json")}
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
