@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     done = {key(r) for r in merged_rows(out)}
     for method, ratio, seed in cells:
         path = cell_path(out, method, ratio, seed)
-        if (method, ratio, seed) in done:
+        if (method, ratio, seed) in done or path.exists():  # path: another process may have run it meanwhile
             continue
 
         def note(text, label=f"{method} r{ratio} s{seed}"):
