@@ -280,6 +280,7 @@ def main(argv=None) -> int:
                   "date": datetime.date.today().isoformat(), "machine": machine()}
     cells = [("dense", None, None)] if "dense" in methods else []
     cells += [(m, r, s) for r in ratios for m in methods if m != "dense" for s in seeds]
+    weights = weights_record(args.model, args.weights_from)  # hashed once: every cell prunes the same file
     done = {key(r) for r in merged_rows(out)}
     for method, ratio, seed in cells:
         path = cell_path(out, method, ratio, seed)
@@ -297,7 +298,7 @@ def main(argv=None) -> int:
 
             note("failed:\n" + traceback.format_exc())
             continue
-        row["weights"] = weights_record(args.model, args.weights_from)
+        row["weights"] = weights
         row["invocation"] = invocation
         atomic_write_json(path, portable(row))
         note(format_row(row))
