@@ -12,7 +12,8 @@ Methods (``--methods``):
   flap             FLAP: fluctuation scores, its global adaptive structure, bias compensation (peers.py)
   llm-pruner       LLM-Pruner's Taylor importance on coupled groups through Torch-Pruning, uniform (peer_llm_pruner.py)
   shortgpt         ShortGPT: the whole layers of lowest block influence removed (peers.py)
-  sleb             SLEB: whole layers removed greedily by calibration perplexity (peers.py)
+  sleb             SLEB: whole layers removed greedily by calibration perplexity (peers.py); at a larger ratio it
+                   goes on from a smaller ratio's row in OUT (same seed and blocks), and counts that row's seconds
   owl              OWL's outlier-weighted per-layer rates, pruned by selfprune's default pruner
   evopress         EvoPress's search (its own KL fitness and stages) at selfprune's quick budget
   selfprune-quick  `selfprune run`'s quick preset as a user gets it: the LLM-driven search, 40 evaluations
@@ -140,7 +141,7 @@ def prune_with(method: str, model, tokenizer, ratio: float, seed: int, args, not
                              options=options, seed=seed, progress=False)
         return {"seconds": earlier["seconds"], "achieved_ratio": result.summary["achieved_ratio_prunable"],
                 "decided": {**decided, "decided_in": portable_path(args.decisions)}}
-    started = time.perf_counter()
+    started, spent_before = time.perf_counter(), 0.0
     blocks = calibration_blocks(tokenizer, args.calib, args.calib_samples, args.calib_seqlen, seed)
     extra: dict = {}
     if method == "llm-pruner":
@@ -163,8 +164,16 @@ def prune_with(method: str, model, tokenizer, ratio: float, seed: int, args, not
         if method == "shortgpt":
             removed, extra["block_influence"] = peers.shortgpt_layers(adapter, blocks, ratio)
         else:
-            removed, extra["calibration_ppl_after_each"] = peers.sleb_layers(adapter, blocks[: args.sleb_samples], ratio,
-                                                                             progress=note)
+            earlier = sleb_so_far(args, ratio, seed, calib)
+            already = tuple(earlier["decided"]["removed_layers"]) if earlier else ()
+            removed, trace = peers.sleb_layers(adapter, blocks[: args.sleb_samples], ratio, progress=note,
+                                               already=already)
+            extra["calibration_ppl_after_each"] = (earlier["decided"]["calibration_ppl_after_each"] if earlier
+                                                   else []) + trace
+            extra["sleb_samples"] = args.sleb_samples
+            if earlier:  # its greedy steps are this one's first: its time counts in this row's
+                extra["continued_from"] = {"ratio": earlier["ratio"], "seconds": earlier["seconds"]}
+                spent_before = earlier["seconds"]
         extra["removed_layers"] = removed
         rates = ([1.0 if i in removed else 0.0 for i in range(adapter.num_layers)],) * 2
         options = PruneOptions(**calib, metric="magnitude", bias_compensation=False)  # whole layers: no scores used
@@ -185,7 +194,7 @@ def prune_with(method: str, model, tokenizer, ratio: float, seed: int, args, not
     result = prune_model(model, tokenizer, attn_rates=rates[0], mlp_rates=rates[1], options=options, seed=seed,
                          scores=scores, progress=False)
     s = result.summary
-    return {"seconds": time.perf_counter() - started, "achieved_ratio": s["achieved_ratio_prunable"],
+    return {"seconds": spent_before + time.perf_counter() - started, "achieved_ratio": s["achieved_ratio_prunable"],
             "decided": {"attn_rates": list(rates[0]), "mlp_rates": list(rates[1]), "layers": s["layers"],
                         "prune_options": options.model_dump(), **extra}}
 
@@ -204,6 +213,23 @@ def recorded_decision(record: str | None, method: str, ratio: float, seed: int, 
     if used != calib:  # other calibration blocks would keep other heads and channels at the same rates
         raise SystemExit(f"{record}: {method} r{ratio} s{seed} was calibrated with {used}, not {calib}")
     return rows[0]
+
+
+def sleb_so_far(args, ratio: float, seed: int, calib: dict) -> dict | None:
+    """OUT's SLEB row that went furthest toward ``ratio`` on the same model and calibration blocks, or None.
+
+    SLEB's greedy is deterministic given its blocks, so a larger ratio's first steps are a smaller ratio's whole run.
+    """
+
+    def same_start(row) -> bool:
+        decided = row.get("decided") or {}
+        used = {k: decided.get("prune_options", {}).get(k) for k in calib}
+        return (row["method"] == "sleb" and row["seed"] == seed and row["ratio"] < ratio and "error" not in row
+                and row.get("weights", {}).get("model") == portable(args.model) and used == calib
+                and decided.get("sleb_samples", 8) == args.sleb_samples)  # 8: the default before it was recorded
+
+    rows = [r for r in merged_rows(Path(args.out)) if same_start(r)]
+    return max(rows, key=lambda r: len(r["decided"]["removed_layers"]), default=None)
 
 
 def quick_budget() -> int:
@@ -272,7 +298,7 @@ def main(argv=None) -> int:
     if unknown:
         print(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}", file=sys.stderr)
         return 2
-    ratios = [float(r) for r in args.ratios.split(",")]
+    ratios = sorted(float(r) for r in args.ratios.split(","))  # SLEB at a larger ratio goes on from a smaller
     seeds = [int(s) for s in args.seeds.split(",")]
     model_dir = resolve_model_path(args.model)
     invocation = {"command": "python benchmarks/bench_peers.py " + shlex.join(portable(sys.argv[1:] if argv is None

@@ -147,13 +147,20 @@ def _calibration_ppl(model, blocks: torch.Tensor) -> float:
     return perplexity(model, None, blocks.reshape(-1), seqlen=blocks.shape[1]).ppl
 
 
-def sleb_layers(adapter, blocks: torch.Tensor, ratio: float, progress=None) -> tuple[list[int], list[float]]:
-    """The layers SLEB removes at ``ratio``, greedily, and the calibration perplexity after each removal."""
+def sleb_layers(adapter, blocks: torch.Tensor, ratio: float, progress=None,
+                already: tuple[int, ...] = ()) -> tuple[list[int], list[float]]:
+    """The layers SLEB removes at ``ratio``, greedily, and the calibration perplexity after each removal.
+
+    ``already``: layers an earlier run of the same greedy (same blocks, a smaller ratio) removed; the search goes on
+    from there, as its first steps would pick them again, and the trace holds only the new steps.
+    """
     layers = adapter.layers
     removed: dict[int, nn.Module] = {}  # skipped while later candidates are scored, put back at the end
     trace: list[float] = []
     try:
-        for _ in range(layers_to_remove(adapter.num_layers, ratio)):
+        for j in already:
+            removed[j], layers[j] = layers[j], _Skipped(layers[j])
+        for _ in range(layers_to_remove(adapter.num_layers, ratio) - len(already)):
             best, best_ppl = None, math.inf
             for j in range(adapter.num_layers):
                 if j in removed:
@@ -172,4 +179,4 @@ def sleb_layers(adapter, blocks: torch.Tensor, ratio: float, progress=None) -> t
     finally:
         for j, layer in removed.items():
             layers[j] = layer
-    return sorted(removed), trace
+    return list(removed), trace  # in the order removed

@@ -97,6 +97,8 @@ def test_sleb_removes_greedily_by_calibration_perplexity_and_puts_the_layers_bac
     assert first in removed and trace[0] == pytest.approx(single[first])
     assert len(removed) == 2 and trace[1] >= 0
     assert torch.equal(model(data).logits, before)  # every layer is back
+    again, more = peers.sleb_layers(adapter, data, ratio=0.67, already=tuple(removed[:1]))  # on from the first step
+    assert again == removed and more == pytest.approx(trace[1:])
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +140,19 @@ def test_bench_peers_runs_each_cell_once_and_merges_them_into_one_record(load_be
     assert flap["seeds"] == [0, 1] and flap["ppl"]["128"]["mean"] == pytest.approx(sum(values) / 2)
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["invocations"]) == 1 and "bench_peers.py" in manifest["invocations"][0]["command"]
+
     assert bench.main(argv) == 0  # rows in the record count as done
     assert not list((out / "cells").rglob("*.json"))
+
+    further = argv[:argv.index("--methods")] + ["--methods", "sleb", "--ratios", "0.75", "--seeds", "0"]
+    further += argv[argv.index("--calib-samples"):]
+    assert bench.main(further) == 0  # SLEB at 3 of 4 layers goes on from its 2 of 4 with the same blocks
+    (cell,) = (out / "cells").rglob("*.json")
+    deeper, earlier = json.loads(cell.read_text()), rows[("sleb", 0)]
+    assert deeper["decided"]["removed_layers"][:2] == earlier["decided"]["removed_layers"]
+    assert len(deeper["decided"]["removed_layers"]) == 3 and deeper["achieved_ratio"] == pytest.approx(0.75)
+    assert deeper["decided"]["continued_from"] == {"ratio": 0.5, "seconds": earlier["seconds"]}
+    assert deeper["seconds"] > earlier["seconds"]
 
 
 def test_selfprune_is_compared_with_every_method_seed_by_seed(load_benchmark):
