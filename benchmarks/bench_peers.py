@@ -53,6 +53,7 @@ from paired import describe, paired
 METHODS = ("dense", "wanda-sp", "flap", "llm-pruner", "shortgpt", "sleb", "owl", "evopress", "selfprune-quick",
            "selfprune-quick-max1", "selfprune-paper")
 TRAINING_FREE = METHODS[1:]
+SLEB_SAMPLES = 8  # also what every SLEB row recorded before it kept the number
 
 
 def parse_args(argv=None):
@@ -67,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--calib", default="lambada", help="calibration text of every method (the quick preset's)")
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--calib-seqlen", type=int, default=256)
-    p.add_argument("--sleb-samples", type=int, default=8,
+    p.add_argument("--sleb-samples", type=int, default=SLEB_SAMPLES,
                    help="of the calibration blocks, how many SLEB scores each candidate removal on (its cost grows "
                         "with layers squared)")
     p.add_argument("--ppl", default=None, help="WikiText-2 test text (default: ../shared's raw test file, else the hub)")
@@ -202,6 +203,11 @@ def prune_with(method: str, model, tokenizer, ratio: float, seed: int, args, not
 REDECIDED = ("flap", "llm-pruner")  # their decision is more than rates (FLAP's scores, Torch-Pruning's groups)
 
 
+def calibration_of(row: dict, calib: dict) -> dict:
+    """The calibration settings (the keys of ``calib``) that ``row``'s method was pruned with."""
+    return {k: row["decided"]["prune_options"][k] for k in calib}
+
+
 def recorded_decision(record: str | None, method: str, ratio: float, seed: int, calib: dict) -> dict | None:
     """The row of ``record`` for (method, ratio, seed) whose rates can be re-applied, or None."""
     if record is None or method in REDECIDED:
@@ -209,7 +215,7 @@ def recorded_decision(record: str | None, method: str, ratio: float, seed: int, 
     rows = [r for r in json.loads(Path(record).read_text())["rows"] if key(r) == (method, ratio, seed)]
     if not rows or "decided" not in rows[0]:
         return None
-    used = {k: rows[0]["decided"]["prune_options"][k] for k in calib}
+    used = calibration_of(rows[0], calib)
     if used != calib:  # other calibration blocks would keep other heads and channels at the same rates
         raise SystemExit(f"{record}: {method} r{ratio} s{seed} was calibrated with {used}, not {calib}")
     return rows[0]
@@ -222,11 +228,9 @@ def sleb_so_far(args, ratio: float, seed: int, calib: dict) -> dict | None:
     """
 
     def same_start(row) -> bool:
-        decided = row.get("decided") or {}
-        used = {k: decided.get("prune_options", {}).get(k) for k in calib}
         return (row["method"] == "sleb" and row["seed"] == seed and row["ratio"] < ratio and "error" not in row
-                and row.get("weights", {}).get("model") == portable(args.model) and used == calib
-                and decided.get("sleb_samples", 8) == args.sleb_samples)  # 8: the default before it was recorded
+                and row["weights"]["model"] == portable(args.model) and calibration_of(row, calib) == calib
+                and row["decided"].get("sleb_samples", SLEB_SAMPLES) == args.sleb_samples)
 
     rows = [r for r in merged_rows(Path(args.out)) if same_start(r)]
     return max(rows, key=lambda r: len(r["decided"]["removed_layers"]), default=None)
