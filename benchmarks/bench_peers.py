@@ -18,6 +18,8 @@ Methods (``--methods``):
   evopress         EvoPress's search (its own KL fitness and stages) at selfprune's quick budget
   selfprune-quick  `selfprune run`'s quick preset as a user gets it: the LLM-driven search, 40 evaluations
   selfprune-quick-max1  the same with --max-rate 1, so that the search may remove whole blocks
+  selfprune-quick-kl    the same with --fitness kl: candidates ranked by KL divergence to the dense model's
+                   next-token distributions (EvoPress's fitness) instead of perplexity on the text
   selfprune-paper  the same at the Self-Pruner paper's budget (430 evaluations)
 
 Each (method, ratio, seed) is one file under OUT/cells/, written when it completes; a rerun skips
@@ -51,7 +53,7 @@ from common import default_wikitext, machine, portable, portable_path
 from paired import describe, paired
 
 METHODS = ("dense", "wanda-sp", "flap", "llm-pruner", "shortgpt", "sleb", "owl", "evopress", "selfprune-quick",
-           "selfprune-quick-max1", "selfprune-paper")
+           "selfprune-quick-max1", "selfprune-quick-kl", "selfprune-paper")
 TRAINING_FREE = METHODS[1:]
 SLEB_SAMPLES = 8  # also what every SLEB row recorded before it kept the number
 
@@ -184,6 +186,7 @@ def prune_with(method: str, model, tokenizer, ratio: float, seed: int, args, not
             "evopress": {**PRESETS["evopress"]["search"], "max_evals": quick_budget()},
             "selfprune-quick": {},
             "selfprune-quick-max1": {"max_rate": 1.0},
+            "selfprune-quick-kl": {"fitness": "kl"},
             "selfprune-paper": PRESETS["paper"]["search"],
         }[method]
         outcome = search(model, ratio, tokenizer, prune=options, options=SearchOptions(**search_options), seed=seed,
