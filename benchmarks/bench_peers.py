@@ -25,8 +25,8 @@ Methods (``--methods``):
 Each (method, ratio, seed) is one file under OUT/cells/, written when it completes; a rerun skips
 the cells it finds, so the matrix can be run in parts. ``--finalize OUT`` merges the cells into
 OUT/results.json with a mean and spread over seeds and paired statistics over seeds (selfprune's
-quick run against every other method, per ratio and window length: each seed gives all methods the
-same calibration blocks; paired.py), OUT/manifest.json (every command, versions, machine) and
+quick run against every other method, per ratio, on perplexity at each window length and on the
+seven-task average: each seed gives all methods the same calibration blocks; paired.py), OUT/manifest.json (every command, versions, machine) and
 prints the tables.
 
     python benchmarks/bench_peers.py --model default --ratios 0.3,0.5 --seeds 0,1,2 \\
@@ -50,7 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the peers beside this script
 
 from common import default_wikitext, machine, portable, portable_path
-from paired import describe, paired
+from paired import describe, describe_scores, paired, paired_scores
 
 METHODS = ("dense", "wanda-sp", "flap", "llm-pruner", "shortgpt", "sleb", "owl", "evopress", "selfprune-quick",
            "selfprune-quick-max1", "selfprune-quick-kl", "selfprune-paper")
@@ -385,23 +385,36 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def paired_against(rows: list[dict], reference: str = "selfprune-quick") -> list[dict]:
-    """``reference`` against every other method at each ratio (``prune_ratio``) and window length, on the
-    seeds both ran (``paired.paired``: wins are seeds where ``reference`` has the lower perplexity; ``ratio``
-    is the geometric mean of its perplexity over the other's)."""
+    """``reference`` against every other method at each ratio (``prune_ratio``), on the seeds both ran: per
+    window length on perplexity (``measure`` "ppl", ``paired.paired``: wins are seeds where ``reference`` has
+    the lower perplexity; ``ratio`` is the geometric mean of its perplexity over the other's), and on the
+    seven-task average where both were scored (``measure`` "7-task average", ``paired.paired_scores``: wins
+    are seeds where ``reference`` scores higher; ``difference`` is the mean of its score minus the other's)."""
     out = []
     ok = [r for r in rows if "error" not in r and r["ratio"] is not None]
     for ratio in sorted({r["ratio"] for r in ok}):
         at = [r for r in ok if r["ratio"] == ratio]
+        others = sorted({r["method"] for r in at} - {reference}, key=METHODS.index)
         for length in sorted({k for r in at for k in r["perplexity"]}, key=int, reverse=True):
             def per_seed(method, at=at, length=length):
                 return {r["seed"]: r["perplexity"][length]["ppl"] for r in at
                         if r["method"] == method and length in r["perplexity"]}
             ref = per_seed(reference)
-            for method in sorted({r["method"] for r in at} - {reference}, key=METHODS.index):
+            for method in others:
                 stats = paired(ref, per_seed(method))
                 if stats:
-                    out.append({"prune_ratio": ratio, "seqlen": length, "method": reference, "against": method,
-                                **stats})
+                    out.append({"prune_ratio": ratio, "measure": "ppl", "seqlen": length, "method": reference,
+                                "against": method, **stats})
+
+        def average(method, at=at):
+            return {r["seed"]: r["zeroshot"]["average"] for r in at
+                    if r["method"] == method and (r.get("zeroshot") or {}).get("average") is not None}
+        ref = average(reference)
+        for method in others:
+            stats = paired_scores(ref, average(method))
+            if stats:
+                out.append({"prune_ratio": ratio, "measure": "7-task average", "method": reference,
+                            "against": method, **stats})
     return out
 
 
@@ -477,7 +490,12 @@ def finalize(out: Path) -> int:
         print(f"\n{100 * ratio:.0f}% of the attention+MLP parameters removed\n")
         print(format_table(summaries, ratio))
     for c in comparisons:
-        print(f"{100 * c['prune_ratio']:.0f}%, WikiText-2 @{c['seqlen']}: {c['method']} vs {c['against']}: {describe(c)}")
+        if c["measure"] == "ppl":
+            print(f"{100 * c['prune_ratio']:.0f}%, WikiText-2 @{c['seqlen']}: {c['method']} vs {c['against']}: "
+                  f"{describe(c)}")
+        else:
+            print(f"{100 * c['prune_ratio']:.0f}%, {c['measure']}: {c['method']} vs {c['against']}: "
+                  f"{describe_scores(c)}")
     return 0
 
 

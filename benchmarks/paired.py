@@ -49,6 +49,30 @@ def summarize(logs: list[float], seeds: list | None = None, seed: int = 0) -> di
             "sign_p": sign_test(wins, n), "log_ratios": logs}
 
 
+def paired_scores(arm: dict[int, float], reference: dict[int, float], seed: int = 0) -> dict | None:
+    """``arm`` against ``reference`` (seed -> a score where higher is better, e.g. a task accuracy) on the
+    seeds both ran: n, wins (seeds where ``arm`` scores higher; ties count as losses), the mean difference
+    with its 95% bootstrap interval, and the sign test; ``None`` under 2 pairs."""
+    seeds = sorted(set(arm) & set(reference))
+    if len(seeds) < 2:
+        return None
+    diffs = [arm[s] - reference[s] for s in seeds]
+    n = len(diffs)
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choice(diffs) for _ in range(n)) / n for _ in range(BOOTSTRAP))
+    wins = sum(d > 0 for d in diffs)
+    return {"n": n, "seeds": seeds, "wins": wins, "difference": sum(diffs) / n,
+            "difference_ci95": [means[int(0.025 * BOOTSTRAP)], means[int(0.975 * BOOTSTRAP) - 1]],
+            "sign_p": sign_test(wins, n), "differences": diffs}
+
+
+def describe_scores(stats: dict, scale: float = 100.0, unit: str = " points") -> str:
+    lo, hi = (scale * x for x in stats["difference_ci95"])
+    return (f"higher in {stats['wins']} of {stats['n']} seed pairs, mean difference "
+            f"{scale * stats['difference']:+.2f}{unit} (95% bootstrap interval {lo:+.2f} to {hi:+.2f}, "
+            f"n = {stats['n']}), one-sided sign test p = {stats['sign_p']:.3g}")
+
+
 def describe(stats: dict) -> str:
     lo, hi = stats["ratio_ci95"]
     return (f"lower held-out ppl in {stats['wins']} of {stats['n']} seed pairs, geometric mean ratio "

@@ -158,16 +158,25 @@ def test_bench_peers_runs_each_cell_once_and_merges_them_into_one_record(load_be
 def test_selfprune_is_compared_with_every_method_seed_by_seed(load_benchmark):
     bench = load_benchmark("bench_peers")
 
-    def row(method, seed, ppl2048, ppl128=50.0):
+    def row(method, seed, ppl2048, ppl128=50.0, average=None):
         return {"method": method, "ratio": 0.5, "seed": seed,
-                "perplexity": {"2048": {"ppl": ppl2048}, "128": {"ppl": ppl128}}}
+                "perplexity": {"2048": {"ppl": ppl2048}, "128": {"ppl": ppl128}},
+                **({"zeroshot": {"average": average}} if average is not None else {})}
 
-    rows = [row("selfprune-quick", s, p) for s, p in enumerate([100.0, 200.0, 400.0])]
-    rows += [row("sleb", s, p) for s, p in enumerate([110.0, 180.0, 800.0])]
-    rows += [row("flap", 0, 90.0), {"method": "llm-pruner", "ratio": 0.5, "seed": 0, "error": "cannot trace"},
+    rows = [row("selfprune-quick", s, p, average=a) for s, (p, a) in enumerate([(100.0, 0.40), (200.0, 0.38),
+                                                                                 (400.0, 0.36)])]
+    rows += [row("sleb", s, p, average=a) for s, (p, a) in enumerate([(110.0, 0.41), (180.0, 0.41), (800.0, 0.35)])]
+    rows += [row("shortgpt", s, 300.0) for s in range(3)]  # not scored on the tasks
+    rows += [row("flap", 0, 90.0, average=0.30), {"method": "llm-pruner", "ratio": 0.5, "seed": 0, "error": "cannot trace"},
              {"method": "dense", "ratio": None, "seed": None, "perplexity": {"2048": {"ppl": 20.0}}}]
-    comparisons = {(c["against"], c["seqlen"]): c for c in bench.paired_against(rows)}
-    assert set(comparisons) == {("sleb", "2048"), ("sleb", "128")}  # flap: one seed; llm-pruner failed; dense unpaired
+    comparisons = {(c["against"], c.get("seqlen", c["measure"])): c for c in bench.paired_against(rows)}
+    # flap: one seed; llm-pruner failed; dense unpaired; shortgpt has no task scores to pair
+    assert set(comparisons) == {("sleb", "2048"), ("sleb", "128"), ("sleb", "7-task average"),
+                                ("shortgpt", "2048"), ("shortgpt", "128")}
+    on_tasks = comparisons[("sleb", "7-task average")]
+    assert on_tasks["n"] == 3 and on_tasks["wins"] == 1 and on_tasks["sign_p"] == pytest.approx(7 / 8)
+    assert on_tasks["difference"] == pytest.approx((-0.01 - 0.03 + 0.01) / 3)
+    assert on_tasks["difference_ci95"][0] <= on_tasks["difference"] <= on_tasks["difference_ci95"][1]
     vs_sleb = comparisons[("sleb", "2048")]
     assert vs_sleb["prune_ratio"] == 0.5 and vs_sleb["n"] == 3 and vs_sleb["wins"] == 2 and vs_sleb["sign_p"] == pytest.approx(0.5)
     assert vs_sleb["ratio"] == pytest.approx((100 / 110 * 200 / 180 * 400 / 800) ** (1 / 3))
